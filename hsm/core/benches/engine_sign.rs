@@ -1,0 +1,2 @@
+//! Criterion bench placeholder (filled in below).
+fn main() {}
