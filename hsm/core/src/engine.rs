@@ -719,13 +719,19 @@ impl Engine {
     ) -> Result<Command, EngineError> {
         let caller = self.caller(session)?;
         let actor = caller.user()?;
-        let target = self.user_by_name(name)?;
-        let op = if target.id == actor {
+        // Decide own-or-other by name before looking the target up, so that a caller who may
+        // not reset passwords learns nothing about which users exist.
+        let own = self
+            .users
+            .get(&actor)
+            .is_some_and(|u| u.name == name.to_ascii_lowercase());
+        let op = if own {
             Operation::ChangeOwnPassword
         } else {
             Operation::ChangeAnyPassword
         };
         self.authorize(session, op)?;
+        let target = self.user_by_name(name)?;
         if target.role == Role::ApplianceUser {
             return Err(EngineError::BuiltInUser {
                 name: target.name.clone(),
