@@ -807,8 +807,10 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
             .import_public_key(alice, b"\x30\x03\x02\x01\x01", &tpl(&[]), now)
             .is_err()
     );
-    let mut long_label = sealgate_hsm_core::KeyTemplate::default();
-    long_label.label = Some("x".repeat(200));
+    let long_label = sealgate_hsm_core::KeyTemplate {
+        label: Some("x".repeat(200)),
+        ..Default::default()
+    };
     assert!(
         fx.hsm
             .engine_mut()
