@@ -26,6 +26,7 @@
 
 mod alg;
 mod asym;
+pub mod client;
 mod error;
 mod hash;
 mod kdf;
