@@ -1,0 +1,13 @@
+//! The HSM node: for now, the durable side of the engine — its redb store and its storage
+//! master key. The RPC server, timers and replication arrive with the node and cluster issues.
+//!
+//! What this crate does not do: it holds no key material in clear on disk. The store receives
+//! only records whose secrets are sealed by the engine; the master key lives in its own file
+//! (mode 0600) or in the environment, never in the store.
+#![forbid(unsafe_code)]
+
+mod master_key;
+mod store;
+
+pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
+pub use store::RedbStore;

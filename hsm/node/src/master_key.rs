@@ -1,0 +1,175 @@
+//! The storage master key: read from `SEALGATE_MASTER_KEY` (64 hex digits) or from a key file
+//! that is created with mode 0600 on first start and refused if others can read it.
+
+use sealgate_hsm_core::crypto::MasterKey;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Environment variable that supplies the master key as 64 hex digits.
+pub const MASTER_KEY_ENV: &str = "SEALGATE_MASTER_KEY";
+
+/// Where the key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// The environment variable.
+    Environment,
+    /// An existing key file.
+    File(PathBuf),
+    /// A key file created now.
+    Created(PathBuf),
+}
+
+/// Why the master key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MasterKeyError {
+    /// The key file could not be read or created.
+    #[error("master key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is readable or writable by group or others.
+    #[error(
+        "master key file {path} has mode {mode:o}; it must be readable by its owner only (chmod 600)"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key is not 64 hex digits.
+    #[error("master key in {origin} is not 64 hex digits (32 bytes)")]
+    Malformed {
+        /// The file or variable.
+        origin: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterKeyError + '_ {
+    move |source| MasterKeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn parse(text: &str, origin: String) -> Result<MasterKey, MasterKeyError> {
+    let bytes =
+        Zeroizing::new(
+            hex::decode(text.trim()).map_err(|_| MasterKeyError::Malformed {
+                origin: origin.clone(),
+            })?,
+        );
+    MasterKey::from_bytes(&bytes).map_err(|_| MasterKeyError::Malformed { origin })
+}
+
+/// Loads the master key: from `env_value` (the value of [`MASTER_KEY_ENV`], if set), else from
+/// `path`, creating that file with a fresh key (mode 0600) if it does not exist.
+pub fn load_or_create_master_key(
+    path: &Path,
+    env_value: Option<&str>,
+) -> Result<(MasterKey, MasterKeySource), MasterKeyError> {
+    if let Some(value) = env_value {
+        return Ok((
+            parse(value, MASTER_KEY_ENV.to_owned())?,
+            MasterKeySource::Environment,
+        ));
+    }
+    match fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(MasterKeyError::Permissions {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            let text = Zeroizing::new(fs::read_to_string(path).map_err(io(path))?);
+            let key = parse(&text, path.display().to_string())?;
+            Ok((key, MasterKeySource::File(path.to_owned())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs::create_dir_all(dir).map_err(io(dir))?;
+            }
+            let (key, raw) = MasterKey::generate().map_err(|_| MasterKeyError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::other("random number generator failed"),
+            })?;
+            let mut text = Zeroizing::new(hex::encode(&raw[..]));
+            text.push('\n');
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io(path))?;
+            file.write_all(text.as_bytes()).map_err(io(path))?;
+            file.sync_all().map_err(io(path))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(dir))?;
+            }
+            Ok((key, MasterKeySource::Created(path.to_owned())))
+        }
+        Err(e) => Err(MasterKeyError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_with_0600_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/master.key");
+        let (a, src) = load_or_create_master_key(&path, None).unwrap();
+        assert_eq!(src, MasterKeySource::Created(path.clone()));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (b, src) = load_or_create_master_key(&path, None).unwrap();
+        assert_eq!(src, MasterKeySource::File(path.clone()));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        // Readable by others: refused, with the fix in the message.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_master_key(&path, None).err().unwrap();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        // Malformed content.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, "not hex").unwrap();
+        assert!(matches!(
+            load_or_create_master_key(&path, None),
+            Err(MasterKeyError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let hex_key = "11".repeat(32);
+        let (k, src) = load_or_create_master_key(&path, Some(&hex_key)).unwrap();
+        assert_eq!(src, MasterKeySource::Environment);
+        assert_eq!(
+            k.fingerprint(),
+            MasterKey::from_bytes(&[0x11; 32]).unwrap().fingerprint()
+        );
+        assert!(
+            !path.exists(),
+            "no file is written when the key comes from the environment"
+        );
+        assert!(load_or_create_master_key(&path, Some("abcd")).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! The engine's store on redb: one table per engine table, each batch one write transaction
+//! committed with immediate durability (fsync) before the command is acknowledged.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use sealgate_hsm_core::{Snapshot, Store, StoreBatch, StoreError, StoreOp, Table};
+use std::path::{Path, PathBuf};
+
+const META: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("meta");
+const USERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("users");
+const KEYS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("keys");
+
+fn definition(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
+    match table {
+        Table::Meta => META,
+        Table::Users => USERS,
+        Table::Keys => KEYS,
+    }
+}
+
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// A redb database file holding the engine's records.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating it if absent.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Backend(format!("cannot open store {}: {e}", path.display()).into())
+        })?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file behind this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let mut snapshot = Snapshot::default();
+        for table in Table::ALL {
+            let t = match tx.open_table(definition(table)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(backend(e)),
+            };
+            for row in t.iter().map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                snapshot.rows.insert((table, k.value()), v.value().to_vec());
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn commit(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        for table in Table::ALL {
+            let mut t = tx.open_table(definition(table)).map_err(backend)?;
+            for op in &batch.ops {
+                match op {
+                    StoreOp::Put {
+                        table: ot,
+                        key,
+                        value,
+                    } if *ot == table => {
+                        t.insert(*key, value.as_slice()).map_err(backend)?;
+                    }
+                    StoreOp::Delete { table: ot, key } if *ot == table => {
+                        t.remove(*key).map_err(backend)?;
+                    }
+                    _ => {}
+                }
+            }
+            debug_assert_eq!(t.name(), table.name());
+        }
+        // Durability::Immediate (redb's default): the commit returns once fsynced.
+        tx.commit().map_err(backend)?;
+        Ok(())
+    }
+}
