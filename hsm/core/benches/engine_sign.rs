@@ -45,7 +45,13 @@ fn setup() -> Setup {
     hsm.commit(&cmd, Some(preco)).unwrap();
     let cmd = hsm
         .engine()
-        .create_user(preco, "bench", Role::CryptoUser, &Password::from("bench-password"), Timestamp(4))
+        .create_user(
+            preco,
+            "bench",
+            Role::CryptoUser,
+            &Password::from("bench-password"),
+            Timestamp(4),
+        )
         .unwrap();
     hsm.commit(&cmd, Some(preco)).unwrap();
     let session = login(&mut hsm, "bench", "bench-password");
@@ -69,9 +75,17 @@ fn bench(c: &mut Criterion) {
     let mut setup = setup();
     let message = [0x20u8; 130];
     let cases = [
-        ("p256", KeySpec::Ec(Curve::P256), SignMechanism::Ecdsa(HashAlg::Sha256)),
+        (
+            "p256",
+            KeySpec::Ec(Curve::P256),
+            SignMechanism::Ecdsa(HashAlg::Sha256),
+        ),
         ("ed25519", KeySpec::Ed25519, SignMechanism::Ed25519),
-        ("rsa2048", KeySpec::Rsa(RsaSize::Rsa2048), SignMechanism::RsaPss(HashAlg::Sha256)),
+        (
+            "rsa2048",
+            KeySpec::Rsa(RsaSize::Rsa2048),
+            SignMechanism::RsaPss(HashAlg::Sha256),
+        ),
     ];
     let mut group = c.benchmark_group("sign");
     for (name, spec, mechanism) in cases {
