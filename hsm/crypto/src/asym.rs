@@ -318,7 +318,12 @@ impl PublicKey {
             let size = RsaSize::from_bits(rsa.key_size_bits()).ok_or(CryptoError::KeyRejected(
                 "RSA modulus must be 2048, 3072 or 4096 bits",
             ))?;
-            let spki: PublicKeyX509Der<'static> = rsa.as_der()?;
+            // id-RSASSA-PSS keys parse but do not re-encode: only rsaEncryption keys are taken.
+            let spki: PublicKeyX509Der<'static> = rsa.as_der().map_err(|_| {
+                CryptoError::KeyRejected(
+                    "only rsaEncryption RSA public keys are accepted, not id-RSASSA-PSS",
+                )
+            })?;
             return Ok(Self {
                 spec: KeySpec::Rsa(size),
                 spki: spki.as_ref().to_vec(),
