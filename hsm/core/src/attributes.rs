@@ -124,6 +124,27 @@ impl Attribute {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// Whether this is a boolean attribute that may change after creation (subject to the
+    /// one-way rules in [`KeyAttributes`]).
+    pub fn is_settable_flag(self) -> bool {
+        matches!(
+            self,
+            Self::Sign
+                | Self::Verify
+                | Self::Encrypt
+                | Self::Decrypt
+                | Self::Wrap
+                | Self::Unwrap
+                | Self::Derive
+                | Self::Extractable
+                | Self::Sensitive
+                | Self::Trusted
+                | Self::WrapWithTrusted
+                | Self::Destroyable
+                | Self::Modifiable
+        )
+    }
+
     /// Whether a boolean attribute of this kind can ever be true on a key of `class` and
     /// `key_type` (usage flags only make sense where the mechanism exists).
     pub fn applies_to(self, class: KeyClass, key_type: KeyType) -> bool {
@@ -546,19 +567,7 @@ impl AttributeChange {
         })?;
         match attribute {
             Attribute::Label => Ok(Self::Label(value.to_owned())),
-            Attribute::Sign
-            | Attribute::Verify
-            | Attribute::Encrypt
-            | Attribute::Decrypt
-            | Attribute::Wrap
-            | Attribute::Unwrap
-            | Attribute::Derive
-            | Attribute::Extractable
-            | Attribute::Sensitive
-            | Attribute::Trusted
-            | Attribute::WrapWithTrusted
-            | Attribute::Destroyable
-            | Attribute::Modifiable => Ok(Self::Flag(attribute, parse_bool(value)?)),
+            a if a.is_settable_flag() => Ok(Self::Flag(attribute, parse_bool(value)?)),
             _ => Err(EngineError::AttributeReadOnly { attribute }),
         }
     }
@@ -576,22 +585,8 @@ impl AttributeChange {
     pub(crate) fn check_form(&self) -> Result<(), EngineError> {
         match self {
             Self::Label(_) => Ok(()),
-            Self::Flag(a, _) => match a {
-                Attribute::Sign
-                | Attribute::Verify
-                | Attribute::Encrypt
-                | Attribute::Decrypt
-                | Attribute::Wrap
-                | Attribute::Unwrap
-                | Attribute::Derive
-                | Attribute::Extractable
-                | Attribute::Sensitive
-                | Attribute::Trusted
-                | Attribute::WrapWithTrusted
-                | Attribute::Destroyable
-                | Attribute::Modifiable => Ok(()),
-                _ => Err(EngineError::AttributeReadOnly { attribute: *a }),
-            },
+            Self::Flag(a, _) if a.is_settable_flag() => Ok(()),
+            Self::Flag(a, _) => Err(EngineError::AttributeReadOnly { attribute: *a }),
         }
     }
 }
