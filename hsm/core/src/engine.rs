@@ -1920,7 +1920,13 @@ impl Engine {
                 Ok(Outcome::KeyDeleted)
             }
             CommandOp::InsertMasked { record } => {
-                self.actor(cmd, Operation::InsertMaskedObject)?;
+                let actor = self.actor(cmd, Operation::InsertMaskedObject)?;
+                // As when preparing: a crypto user inserts only keys it owns.
+                if actor.role == Role::CryptoUser && actor.id != record.owner {
+                    return Err(EngineError::NotKeyOwner {
+                        handle: record.handle,
+                    });
+                }
                 self.check_insert(record)?;
                 let mut record = record.clone();
                 record.handle = KeyHandle(self.meta.next_handle);

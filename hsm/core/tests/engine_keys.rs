@@ -1007,3 +1007,95 @@ fn key_check_values_follow_cloudhsm() {
     let imported = fx.finish_keys(alice, step)[0];
     assert_eq!(attrs(&fx, alice, imported).check_value, Some(kcv));
 }
+
+#[test]
+fn apply_checks_again_so_stale_or_altered_commands_change_nothing() {
+    let mut fx = Fixture::activated();
+    let alice = fx.cu("alice");
+    let bob = fx.cu("bob");
+    let k = fx.gen_key(
+        alice,
+        KeySpec::Aes(AesSize::Aes128),
+        &tpl(&[("extractable", "true")]),
+    );
+    let bob_id = fx.hsm.engine().session_user(bob).unwrap().unwrap().0;
+    let now = fx.now();
+
+    // A command prepared for alice but carrying bob as its actor is refused at apply.
+    let step = fx.hsm.engine_mut().delete_key(alice, k, now).unwrap();
+    let sealgate_hsm_core::Step::Replicate(mut cmd) = step else {
+        panic!()
+    };
+    cmd.actor = Some(bob_id);
+    assert_eq!(
+        engine_err(fx.hsm.commit(&cmd, None).unwrap_err()),
+        EngineError::NotKeyOwner { handle: k }
+    );
+    let step = fx
+        .hsm
+        .engine_mut()
+        .set_attributes(alice, k, &[AttributeChange::Label("x".into())], now)
+        .unwrap();
+    let sealgate_hsm_core::Step::Replicate(mut cmd) = step else {
+        panic!()
+    };
+    cmd.actor = Some(bob_id);
+    assert!(fx.hsm.commit(&cmd, None).is_err());
+    // A masked object inserted with another crypto user as actor is refused.
+    let masked = fx.hsm.engine().extract_masked(alice, k).unwrap();
+    let step = fx.hsm.engine_mut().delete_key(alice, k, now).unwrap();
+    let sealgate_hsm_core::Step::Replicate(delete) = step else {
+        panic!()
+    };
+    let mut insert = fx
+        .hsm
+        .engine()
+        .insert_masked(alice, &masked, now)
+        .unwrap_err();
+    assert_eq!(insert, EngineError::ObjectExists);
+    fx.hsm.commit(&delete, Some(alice)).unwrap();
+    let mut cmd = fx.hsm.engine().insert_masked(alice, &masked, now).unwrap();
+    cmd.actor = Some(bob_id);
+    insert = engine_err(fx.hsm.commit(&cmd, None).unwrap_err());
+    assert!(
+        matches!(insert, EngineError::NotKeyOwner { .. }),
+        "{insert}"
+    );
+    // The same delete applied twice (a replayed log entry) is refused the second time.
+    assert!(matches!(
+        engine_err(fx.hsm.commit(&delete, Some(alice)).unwrap_err()),
+        EngineError::KeyNotFound { .. }
+    ));
+    // Two changes prepared from the same state: the one applied second is checked against the
+    // state the first left, so extractable cannot come back once it went false.
+    let k2 = fx.gen_key(
+        alice,
+        KeySpec::Aes(AesSize::Aes128),
+        &tpl(&[("extractable", "true")]),
+    );
+    let now = fx.now();
+    let off = fx
+        .hsm
+        .engine_mut()
+        .set_attributes(
+            alice,
+            k2,
+            &[AttributeChange::parse("extractable", "false").unwrap()],
+            now,
+        )
+        .unwrap();
+    let sealgate_hsm_core::Step::Replicate(off) = off else {
+        panic!()
+    };
+    let mut on = off.clone();
+    on.op = sealgate_hsm_core::CommandOp::SetAttributes {
+        handle: k2,
+        changes: vec![AttributeChange::parse("extractable", "true").unwrap()],
+    };
+    fx.hsm.commit(&off, Some(alice)).unwrap();
+    assert!(matches!(
+        engine_err(fx.hsm.commit(&on, Some(alice)).unwrap_err()),
+        EngineError::AttributeChangeRefused { .. }
+    ));
+    assert!(!attrs(&fx, alice, k2).extractable);
+}
