@@ -72,32 +72,49 @@ pub struct Applied {
     pub batch: StoreBatch,
 }
 
-/// Limits of one engine.
+/// Cluster-wide limits. They are part of the replicated state (fixed when the cluster is
+/// initialized), so every replica applies commands against the same limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Most users in the cluster (CloudHSM hsm2m.medium: 1,024).
+    pub max_users: u32,
+    /// Most token keys in the cluster (CloudHSM hsm2m.medium: 16,666).
+    pub max_token_keys: u32,
+    /// Failed logins in a row that lock a user (CloudHSM: 5).
+    pub lockout_threshold: u8,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        Self {
+            max_users: 1024,
+            max_token_keys: 16_666,
+            lockout_threshold: 5,
+        }
+    }
+}
+
+/// Limits of one engine. `cluster` only seeds a cluster this node initializes; after that the
+/// replicated limits apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Most users in the cluster (CloudHSM hsm2m.medium: 1,024).
-    pub max_users: usize,
-    /// Most token keys in the cluster (CloudHSM hsm2m.medium: 16,666).
-    pub max_token_keys: usize,
-    /// Most open sessions on one node.
+    /// Limits for a cluster initialized by this node.
+    pub cluster: ClusterLimits,
+    /// Most open sessions on this node.
     pub max_sessions: usize,
     /// Most session keys in one session.
     pub max_session_keys: usize,
     /// Largest input to one crypto operation, in bytes.
     pub max_data_len: usize,
-    /// Failed logins in a row that lock a user.
-    pub lockout_threshold: u8,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_users: 1024,
-            max_token_keys: 16_666,
+            cluster: ClusterLimits::default(),
             max_sessions: 4096,
             max_session_keys: 1024,
             max_data_len: 64 * 1024,
-            lockout_threshold: 5,
         }
     }
 }

@@ -167,7 +167,6 @@ impl Attribute {
             }
             Self::Derive => class == SecretKey,
             Self::Extractable | Self::WrapWithTrusted => class != PublicKey,
-            Self::Trusted => class != PrivateKey,
             _ => true,
         }
     }
@@ -301,6 +300,62 @@ impl KeyAttributes {
             modifiable: template.modifiable.unwrap_or(true),
             check_value,
         })
+    }
+
+    /// Checks attributes that arrive in a command against the rules
+    /// [`KeyAttributes::from_template`] applies, so a replica never stores what a node would
+    /// not have created.
+    pub(crate) fn check_new(&self) -> Result<(), EngineError> {
+        if self.trusted {
+            return Err(EngineError::AttributeChangeRefused {
+                attribute: Attribute::Trusted,
+                reason: "keys are created untrusted; a crypto officer sets trusted later",
+            });
+        }
+        self.check_new_or_inserted()
+    }
+
+    /// The rules every stored key's attributes obey (an inserted masked object may carry
+    /// `trusted`, set by an officer before it was extracted).
+    pub(crate) fn check_new_or_inserted(&self) -> Result<(), EngineError> {
+        check_label(&self.label)?;
+        if self.id.len() > MAX_ID_LEN {
+            return Err(EngineError::InvalidInput {
+                what: "id",
+                reason: "at most 64 bytes",
+            });
+        }
+        if self.spec.key_type().is_asymmetric() == (self.class == KeyClass::SecretKey) {
+            return Err(EngineError::InvalidInput {
+                what: "attributes",
+                reason: "class and key type disagree",
+            });
+        }
+        let secret = self.class != KeyClass::PublicKey;
+        let consistent = self.sensitive == secret
+            && (!self.always_sensitive || self.sensitive)
+            && (!self.never_extractable || !self.extractable)
+            && (secret || self.extractable);
+        if !consistent {
+            return Err(EngineError::InvalidInput {
+                what: "attributes",
+                reason: "sensitive and extractable flags are inconsistent",
+            });
+        }
+        for attribute in Attribute::ALL {
+            if attribute.is_settable_flag()
+                && self.flag(attribute)
+                && !attribute.applies_to(self.class, self.key_type())
+                && !matches!(attribute, Attribute::Sensitive | Attribute::Extractable)
+            {
+                return Err(EngineError::AttributeNotApplicable {
+                    attribute,
+                    class: self.class,
+                    key_type: self.key_type(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The value of `attribute` as text, the way `key show` prints it.

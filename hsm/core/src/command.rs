@@ -7,6 +7,7 @@
 //! reaches the same state. Commands carry key material and password hashes only sealed under
 //! the master key (the cluster's domain key), so they may be written to a log.
 
+use crate::api::ClusterLimits;
 use crate::attributes::{AttributeChange, KeyAttributes};
 use crate::error::EngineError;
 use crate::types::{KeyHandle, ObjectUid, Role, Timestamp, UserId};
@@ -51,6 +52,8 @@ pub enum CommandOp {
         preco: NewUser,
         /// The appliance user (no password).
         appliance: NewUser,
+        /// The cluster's limits.
+        limits: ClusterLimits,
     },
     /// The PRECO sets its password and becomes a crypto officer.
     Activate {
@@ -77,6 +80,9 @@ pub enum CommandOp {
         user: UserId,
         /// Whether the password was right.
         success: bool,
+        /// Which password was checked (a digest of its sealed hash): a success is void if the
+        /// password changed meanwhile.
+        credential: [u8; 16],
     },
     /// Creates one key or a key pair (public first, then private); handles are assigned in
     /// this order when applied.
@@ -141,6 +147,8 @@ pub struct NewKeyObject {
     pub public_der: Option<Vec<u8>>,
     /// Key material sealed under `uid`, for private and secret keys.
     pub sealed: Option<SealedBytes>,
+    /// The other half of a key pair.
+    pub partner: Option<ObjectUid>,
 }
 
 /// A token key object as stored (and as carried in a masked object).
@@ -160,6 +168,8 @@ pub struct KeyRecord {
     pub public_der: Option<Vec<u8>>,
     /// Key material sealed under `uid`, for private and secret keys.
     pub sealed: Option<SealedBytes>,
+    /// The other half of a key pair.
+    pub partner: Option<ObjectUid>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -185,7 +195,12 @@ pub(crate) struct MetaRecord {
     pub(crate) activated: bool,
     pub(crate) next_user_id: u32,
     pub(crate) next_handle: u64,
+    pub(crate) next_tombstone: u64,
     pub(crate) applied: u64,
+    pub(crate) limits: ClusterLimits,
+    /// XOR of a keyed tag per stored row (users, keys, tombstones): a row added, removed or
+    /// rolled back outside the engine changes it.
+    pub(crate) rows_digest: [u8; 32],
 }
 
 /// The store format this build writes and reads.

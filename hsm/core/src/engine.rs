@@ -25,7 +25,7 @@ use sealgate_hsm_crypto::{
     UnwrapTarget, UnwrappingKey, WrapMechanism, WrappingKey,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the pre-crypto-officer that initialization creates (CloudHSM's default admin).
 pub const PRECO_NAME: &str = "admin";
@@ -146,6 +146,47 @@ pub struct Engine {
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
     next_session_handle: u64,
+    /// Unique ids of deleted token keys.
+    tombstones: BTreeSet<ObjectUid>,
+    /// Integrity tag of every stored row but the meta row, to keep `meta.rows_digest`.
+    row_tags: BTreeMap<(Table, u64), [u8; 32]>,
+    /// Failed logins prepared on this node but not applied yet, by user, with when they were
+    /// prepared: they count towards the lockout at once, so parallel guesses cannot outrun it.
+    pending_failures: BTreeMap<UserId, Vec<Timestamp>>,
+}
+
+/// How long a prepared failed login counts as pending if its command never comes back.
+const PENDING_FAILURE_MS: u64 = 60_000;
+
+const TAG_LEN: usize = 32;
+
+fn row_context(table: Table, key: u64) -> Vec<u8> {
+    format!("{}/{key}", table.name()).into_bytes()
+}
+
+/// The element a row contributes to the rows digest.
+fn row_element(master: &MasterKey, table: Table, key: u64, tag: &[u8; 32]) -> [u8; 32] {
+    master.record_tag(
+        b"row set element",
+        &[row_context(table, key).as_slice(), tag].concat(),
+    )
+}
+
+/// Which password a login checked: a digest of the sealed hash (sealed with a fresh nonce each
+/// time a password is set, so every password change gives a new value).
+fn credential_of(sealed: &SealedBytes) -> [u8; 16] {
+    let d = crypto::digest(HashAlg::Sha256, sealed.as_bytes());
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(d) {
+        *o = b;
+    }
+    out
+}
+
+fn xor_into(acc: &mut [u8; 32], x: &[u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a ^= b;
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
@@ -251,7 +292,10 @@ impl Engine {
             activated: false,
             next_user_id: 1,
             next_handle: 1,
+            next_tombstone: 1,
             applied: 0,
+            limits: config.cluster,
+            rows_digest: [0; 32],
         };
         Self {
             master,
@@ -262,6 +306,9 @@ impl Engine {
             sessions: BTreeMap::new(),
             next_session: 1,
             next_session_handle: 1,
+            tombstones: BTreeSet::new(),
+            row_tags: BTreeMap::new(),
+            pending_failures: BTreeMap::new(),
         }
     }
 
@@ -281,12 +328,27 @@ impl Engine {
             key,
             reason,
         };
+        // Every row is `payload || tag`; the tag binds the payload to its table and key.
+        let split =
+            |table: Table, key: u64, bytes: &'_ [u8]| -> Result<(Vec<u8>, [u8; 32]), StoreError> {
+                let cut =
+                    bytes
+                        .len()
+                        .checked_sub(TAG_LEN)
+                        .ok_or(corrupt(table, key, "too short"))?;
+                let (payload, tag) = bytes.split_at(cut);
+                let tag: [u8; 32] = tag
+                    .try_into()
+                    .map_err(|_| corrupt(table, key, "too short"))?;
+                Ok((payload.to_vec(), tag))
+            };
         let meta_bytes =
             snapshot
                 .rows
                 .get(&(Table::Meta, 0))
                 .ok_or(corrupt(Table::Meta, 0, "missing"))?;
-        let meta: MetaRecord = postcard::from_bytes(meta_bytes)
+        let (meta_payload, meta_tag) = split(Table::Meta, 0, meta_bytes)?;
+        let meta: MetaRecord = postcard::from_bytes(&meta_payload)
             .map_err(|_| corrupt(Table::Meta, 0, "does not decode"))?;
         if meta.format != STORE_FORMAT {
             return Err(StoreError::UnsupportedFormat {
@@ -301,17 +363,41 @@ impl Engine {
                 found: Fingerprint(ours),
             });
         }
+        const EDITED: &str = "fails its integrity check: it was changed outside sealgate";
+        if !engine
+            .master
+            .check_record_tag(&row_context(Table::Meta, 0), &meta_payload, &meta_tag)
+        {
+            return Err(corrupt(Table::Meta, 0, EDITED));
+        }
+        let mut digest = [0u8; 32];
         for ((table, key), bytes) in &snapshot.rows {
+            let (table, key) = (*table, *key);
+            if table == Table::Meta {
+                if key != 0 {
+                    return Err(corrupt(table, key, "unexpected row"));
+                }
+                continue;
+            }
+            let (payload, tag) = split(table, key, bytes)?;
+            if !engine
+                .master
+                .check_record_tag(&row_context(table, key), &payload, &tag)
+            {
+                return Err(corrupt(table, key, EDITED));
+            }
+            xor_into(&mut digest, &row_element(&engine.master, table, key, &tag));
+            engine.row_tags.insert((table, key), tag);
             match table {
                 Table::Meta => {}
                 Table::Users => {
-                    let r: UserRecord = postcard::from_bytes(bytes)
-                        .map_err(|_| corrupt(*table, *key, "does not decode"))?;
+                    let r: UserRecord = postcard::from_bytes(&payload)
+                        .map_err(|_| corrupt(table, key, "does not decode"))?;
                     let password = match &r.password {
                         Some(sealed) => Some((
                             sealed.clone(),
                             open_password(&engine.master, r.uid, sealed)
-                                .map_err(|_| corrupt(*table, *key, "password does not open"))?,
+                                .map_err(|_| corrupt(table, key, "password does not open"))?,
                         )),
                         None => None,
                     };
@@ -329,14 +415,26 @@ impl Engine {
                     );
                 }
                 Table::Keys => {
-                    let r: KeyRecord = postcard::from_bytes(bytes)
-                        .map_err(|_| corrupt(*table, *key, "does not decode"))?;
+                    let r: KeyRecord = postcard::from_bytes(&payload)
+                        .map_err(|_| corrupt(table, key, "does not decode"))?;
                     let handle = r.handle;
                     let obj = open_key(&engine.master, r)
-                        .map_err(|_| corrupt(*table, *key, "key material does not open"))?;
+                        .map_err(|_| corrupt(table, key, "key material does not open"))?;
                     engine.keys.insert(handle, obj);
                 }
+                Table::Tombstones => {
+                    let uid: ObjectUid = postcard::from_bytes(&payload)
+                        .map_err(|_| corrupt(table, key, "does not decode"))?;
+                    engine.tombstones.insert(uid);
+                }
             }
+        }
+        if digest != meta.rows_digest {
+            return Err(corrupt(
+                Table::Meta,
+                0,
+                "rows were added, removed or rolled back outside sealgate",
+            ));
         }
         engine.meta = meta;
         Ok(engine)
@@ -459,7 +557,7 @@ impl Engine {
             id: u.id,
             name: u.name.clone(),
             role: u.role,
-            locked: u.failed_logins >= self.config.lockout_threshold,
+            locked: u.failed_logins >= self.meta.limits.lockout_threshold,
             failed_logins: u.failed_logins,
             built_in: u.role == Role::ApplianceUser,
         }
@@ -507,6 +605,7 @@ impl Engine {
                     role: Role::ApplianceUser,
                     password: None,
                 },
+                limits: self.config.cluster,
             },
         })
     }
@@ -532,27 +631,45 @@ impl Engine {
             PasswordHash::verify_dummy(password);
             return Err(EngineError::LoginFailed);
         };
-        let Some((_, hash)) = &user.password else {
+        let Some((sealed, hash)) = &user.password else {
             return Err(EngineError::ApplianceLogin);
         };
-        if user.failed_logins >= self.config.lockout_threshold {
+        let (id, failures, user_name) = (user.id, user.failed_logins, user.name.clone());
+        let credential = credential_of(sealed);
+        // Failures prepared here but not applied yet count at once, so that guesses sent in
+        // parallel cannot get past the lockout before their commands are applied.
+        let pending_now = self.pending_failures.get(&id).map_or(0, |p| {
+            p.iter()
+                .filter(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0)
+                .count()
+        });
+        let counted = usize::from(failures).saturating_add(pending_now);
+        if counted >= usize::from(self.meta.limits.lockout_threshold) {
             return Err(EngineError::UserLocked {
-                name: user.name.clone(),
-                failures: user.failed_logins,
+                name: user_name,
+                failures: u8::try_from(counted).unwrap_or(u8::MAX),
             });
         }
         let success = hash.verify(password);
-        let (id, failures) = (user.id, user.failed_logins);
-        if success && failures == 0 {
+        let pending = self.pending_failures.entry(id).or_default();
+        pending.retain(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0);
+        if success && failures == 0 && pending.is_empty() {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.user = Some(id);
             }
             return Ok(Step::Done(()));
         }
+        if !success {
+            pending.push(now);
+        }
         Ok(Step::Replicate(Command {
             at: now,
             actor: Some(id),
-            op: CommandOp::LoginAttempt { user: id, success },
+            op: CommandOp::LoginAttempt {
+                user: id,
+                success,
+                credential,
+            },
         }))
     }
 
@@ -626,10 +743,10 @@ impl Engine {
         if self.users.values().any(|u| u.name == name) {
             return Err(EngineError::UserExists { name });
         }
-        if self.users.len() >= self.config.max_users {
+        if self.users.len() >= self.meta.limits.max_users as usize {
             return Err(EngineError::LimitReached {
                 what: "users",
-                limit: self.config.max_users,
+                limit: self.meta.limits.max_users as usize,
             });
         }
         password.check_policy()?;
@@ -761,10 +878,10 @@ impl Engine {
         count: usize,
     ) -> Result<(), EngineError> {
         if token {
-            if self.keys.len() + count > self.config.max_token_keys {
+            if self.keys.len() + count > self.meta.limits.max_token_keys as usize {
                 return Err(EngineError::LimitReached {
                     what: "token keys",
-                    limit: self.config.max_token_keys,
+                    limit: self.meta.limits.max_token_keys as usize,
                 });
             }
         } else {
@@ -796,10 +913,24 @@ impl Engine {
             });
         }
         self.check_key_room(caller.session, token, objects.len())?;
+        // The two halves of a pair name each other.
+        let mut uids = Vec::with_capacity(objects.len());
+        for _ in 0..objects.len() {
+            uids.push(ObjectUid(crypto::random_array()?));
+        }
+        let partner_of = |i: usize| -> Option<ObjectUid> {
+            if uids.len() == 2 {
+                uids.get(1 - i).copied()
+            } else {
+                None
+            }
+        };
+        let partners: Vec<Option<ObjectUid>> = (0..objects.len()).map(partner_of).collect();
         if token {
             let mut new = Vec::with_capacity(objects.len());
-            for (attrs, public, material) in objects {
-                let uid = ObjectUid(crypto::random_array()?);
+            for (((attrs, public, material), uid), partner) in
+                objects.into_iter().zip(uids.iter().copied()).zip(partners)
+            {
                 let sealed = match &material {
                     Some(m) => Some(self.master.seal_key(m, &uid.0, &key_aad(&attrs))?),
                     None => None,
@@ -809,6 +940,7 @@ impl Engine {
                     attrs,
                     public_der: public.map(|p| p.to_der().to_vec()),
                     sealed,
+                    partner,
                 });
             }
             return Ok(Step::Replicate(Command {
@@ -819,17 +951,20 @@ impl Engine {
         }
         let mut handles = Vec::with_capacity(objects.len());
         let mut created = Vec::with_capacity(objects.len());
-        for (attrs, public, material) in objects {
+        for (((attrs, public, material), uid), partner) in
+            objects.into_iter().zip(uids.iter().copied()).zip(partners)
+        {
             let handle = KeyHandle(KeyHandle::SESSION_BIT | self.next_session_handle);
             self.next_session_handle += 1;
             let record = KeyRecord {
                 handle,
-                uid: ObjectUid(crypto::random_array()?),
+                uid,
                 owner: user,
                 shared: Vec::new(),
                 attrs,
                 public_der: public.as_ref().map(|p| p.to_der().to_vec()),
                 sealed: None,
+                partner,
                 created_at: now,
             };
             created.push(KeyObject {
@@ -964,6 +1099,7 @@ impl Engine {
         };
         let key = self.usable_key(caller, unwrapping)?;
         key.require(Attribute::Unwrap, key.attrs().unwrap)?;
+        let by_trusted_key = key.attrs().trusted;
         let unwrapping_key = match &key.material {
             Some(KeyMaterial::Secret(s)) => UnwrappingKey::Secret(s),
             Some(KeyMaterial::Private(p)) => UnwrappingKey::Private(p),
@@ -986,6 +1122,11 @@ impl Engine {
         // The key existed outside this HSM.
         attrs.never_extractable = false;
         attrs.always_sensitive = false;
+        // What a trusted key unwraps may have been a wrap-with-trusted key: the copy stays
+        // bound to trusted keys, so unwrapping cannot launder that attribute away.
+        if by_trusted_key {
+            attrs.wrap_with_trusted = true;
+        }
         self.create_objects(caller, vec![(attrs, public, Some(material))], now)
     }
 
@@ -1008,6 +1149,19 @@ impl Engine {
         };
         let (base_never_extractable, base_always_sensitive) =
             (key.attrs().never_extractable, key.attrs().always_sensitive);
+        let base_extractable = key.attrs().extractable;
+        let base_wrap_with_trusted = key.attrs().wrap_with_trusted;
+        let by_owner = Some(key.record.owner) == caller.user;
+        // Deriving is a use of the base key. What it makes may leave the HSM only if the base
+        // key itself may, and only when its owner derives it: a user the base key is shared
+        // with, or anyone deriving from a non-extractable key, gets a non-extractable result.
+        if template.extractable == Some(true) && !(base_extractable && by_owner) {
+            return Err(EngineError::AttributeChangeRefused {
+                attribute: Attribute::Extractable,
+                reason: "a key derived from a non-extractable key, or by a user the base key is \
+                         shared with, cannot be extractable",
+            });
+        }
         let derived = crypto::derive_key(secret, mechanism, spec)?;
         let mut attrs = KeyAttributes::from_template(
             KeyClass::SecretKey,
@@ -1018,6 +1172,7 @@ impl Engine {
         )?;
         attrs.never_extractable = base_never_extractable && !attrs.extractable;
         attrs.always_sensitive = base_always_sensitive;
+        attrs.wrap_with_trusted |= base_wrap_with_trusted;
         self.create_objects(
             caller,
             vec![(attrs, None, Some(KeyMaterial::Secret(derived)))],
@@ -1397,10 +1552,24 @@ impl Engine {
         Ok(record)
     }
 
+    /// The other half of a token key pair, if it still exists.
+    fn partner_of(&self, record: &KeyRecord) -> Option<&KeyObject> {
+        let partner = record.partner?;
+        self.keys.values().find(|k| k.record.uid == partner)
+    }
+
+    fn uid_taken(&self, uid: ObjectUid) -> bool {
+        self.tombstones.contains(&uid) || self.keys.values().any(|k| k.record.uid == uid)
+    }
+
     fn check_insert(&self, record: &KeyRecord) -> Result<(), EngineError> {
+        if self.tombstones.contains(&record.uid) {
+            return Err(EngineError::ObjectDeleted);
+        }
         if self.keys.values().any(|k| k.record.uid == record.uid) {
             return Err(EngineError::ObjectExists);
         }
+        record.attrs.check_new_or_inserted()?;
         match self.users.get(&record.owner) {
             Some(u) if u.role == Role::CryptoUser => {}
             _ => {
@@ -1410,10 +1579,10 @@ impl Engine {
                 });
             }
         }
-        if self.keys.len() >= self.config.max_token_keys {
+        if self.keys.len() >= self.meta.limits.max_token_keys as usize {
             return Err(EngineError::LimitReached {
                 what: "token keys",
-                limit: self.config.max_token_keys,
+                limit: self.meta.limits.max_token_keys as usize,
             });
         }
         Ok(())
@@ -1517,6 +1686,14 @@ impl Engine {
         self.check_data(aad)?;
         let key = self.usable_key(caller, handle)?;
         key.require(Attribute::Decrypt, key.attrs().decrypt)?;
+        if key.attrs().trusted && key.attrs().class == KeyClass::PrivateKey {
+            // A blob wrapped under the trusted public half must only ever be unwrapped, never
+            // read: otherwise wrap-with-trusted keys could be decrypted into clear.
+            return Err(EngineError::KeyUsageNotAllowed {
+                handle,
+                attribute: Attribute::Decrypt,
+            });
+        }
         let plain = match &key.material {
             Some(KeyMaterial::Secret(s)) => s.decrypt(mechanism, ciphertext, aad)?,
             Some(KeyMaterial::Private(p)) => p.decrypt(mechanism, ciphertext, label(aad))?,
@@ -1552,25 +1729,81 @@ impl Engine {
     /// A refused command changes nothing but the applied index (and, for a failed login, the
     /// user's failure count).
     pub fn apply(&mut self, index: u64, cmd: &Command, origin: Option<SessionId>) -> Applied {
+        if index <= self.meta.applied {
+            return Applied {
+                result: Err(EngineError::AlreadyApplied {
+                    index,
+                    applied: self.meta.applied,
+                }),
+                batch: StoreBatch::default(),
+            };
+        }
         let mut ops = Vec::new();
         let result = self.apply_op(cmd, origin, &mut ops);
+        // A refused command writes nothing but the applied index, except a failed login, which
+        // writes the user's failure count.
+        let keep = result.is_ok() || matches!(cmd.op, CommandOp::LoginAttempt { .. });
+        if !keep {
+            ops.clear();
+        }
         self.meta.applied = index;
+        let mut batch = StoreBatch::default();
+        for op in ops {
+            batch.ops.push(self.seal_row(op));
+        }
         match encode(&self.meta) {
-            Ok(value) => ops.push(StoreOp::Put {
-                table: Table::Meta,
-                key: 0,
-                value,
-            }),
+            Ok(payload) => {
+                let op = StoreOp::Put {
+                    table: Table::Meta,
+                    key: 0,
+                    value: payload,
+                };
+                batch.ops.push(self.seal_row(op));
+            }
             Err(e) => {
                 return Applied {
                     result: Err(e),
-                    batch: StoreBatch { ops },
+                    batch,
                 };
             }
         }
-        Applied {
-            result,
-            batch: StoreBatch { ops },
+        Applied { result, batch }
+    }
+
+    /// Appends the integrity tag to a row and keeps the rows digest (the meta row, written
+    /// last, carries the digest and is not part of it).
+    fn seal_row(&mut self, op: StoreOp) -> StoreOp {
+        match op {
+            StoreOp::Put {
+                table,
+                key,
+                mut value,
+            } => {
+                let tag = self.master.record_tag(&row_context(table, key), &value);
+                if table != Table::Meta {
+                    if let Some(old) = self.row_tags.insert((table, key), tag) {
+                        xor_into(
+                            &mut self.meta.rows_digest,
+                            &row_element(&self.master, table, key, &old),
+                        );
+                    }
+                    xor_into(
+                        &mut self.meta.rows_digest,
+                        &row_element(&self.master, table, key, &tag),
+                    );
+                }
+                value.extend_from_slice(&tag);
+                StoreOp::Put { table, key, value }
+            }
+            StoreOp::Delete { table, key } => {
+                if let Some(old) = self.row_tags.remove(&(table, key)) {
+                    xor_into(
+                        &mut self.meta.rows_digest,
+                        &row_element(&self.master, table, key, &old),
+                    );
+                }
+                StoreOp::Delete { table, key }
+            }
         }
     }
 
@@ -1640,6 +1873,7 @@ impl Engine {
                 cluster_uid,
                 preco,
                 appliance,
+                limits,
             } => {
                 if self.meta.cluster_uid.is_some() {
                     return Err(EngineError::AlreadyInitialized);
@@ -1654,6 +1888,7 @@ impl Engine {
                 self.users.insert(au.id, au);
                 self.meta.next_user_id += 2;
                 self.meta.cluster_uid = Some(*cluster_uid);
+                self.meta.limits = *limits;
                 Ok(Outcome::Initialized)
             }
             CommandOp::Activate { password } => {
@@ -1668,9 +1903,18 @@ impl Engine {
                 ));
                 user.role = Role::CryptoOfficer;
                 user.failed_logins = 0;
+                let id = user.id;
                 Self::put_user(ops, &user)?;
-                self.users.insert(user.id, user);
+                self.users.insert(id, user);
                 self.meta.activated = true;
+                // Other sessions opened with the one-time password end here; only the session
+                // that activated carries on, now as a crypto officer.
+                for (sid, s) in &mut self.sessions {
+                    if s.user == Some(id) && Some(*sid) != origin {
+                        s.user = None;
+                        s.keys.clear();
+                    }
+                }
                 Ok(Outcome::Activated)
             }
             CommandOp::CreateUser(new) => {
@@ -1682,10 +1926,10 @@ impl Engine {
                 if self.users.values().any(|u| u.name == name) {
                     return Err(EngineError::UserExists { name });
                 }
-                if self.users.len() >= self.config.max_users {
+                if self.users.len() >= self.meta.limits.max_users as usize {
                     return Err(EngineError::LimitReached {
                         what: "users",
-                        limit: self.config.max_users,
+                        limit: self.meta.limits.max_users as usize,
                     });
                 }
                 let id = UserId(self.meta.next_user_id);
@@ -1750,7 +1994,10 @@ impl Engine {
                     password.clone(),
                     open_password(&self.master, updated.uid, password)?,
                 ));
-                updated.failed_logins = 0;
+                // Only an officer's reset unlocks; changing one's own password does not.
+                if actor_id != *user {
+                    updated.failed_logins = 0;
+                }
                 Self::put_user(ops, &updated)?;
                 self.users.insert(updated.id, updated);
                 if actor_id != *user {
@@ -1759,32 +2006,62 @@ impl Engine {
                 }
                 Ok(Outcome::PasswordChanged)
             }
-            CommandOp::LoginAttempt { user, success } => {
-                let threshold = self.config.lockout_threshold;
-                let target = self.users.get(user).ok_or(EngineError::LoginFailed)?;
-                let mut updated = target.copy(&self.master)?;
-                if *success {
-                    if target.failed_logins >= threshold {
-                        return Err(EngineError::UserLocked {
-                            name: target.name.clone(),
-                            failures: target.failed_logins,
-                        });
-                    }
-                    updated.failed_logins = 0;
-                    Self::put_user(ops, &updated)?;
-                    self.users.insert(updated.id, updated);
-                    if let Some(s) = origin.and_then(|o| self.sessions.get_mut(&o))
-                        && s.user.is_none()
+            CommandOp::LoginAttempt {
+                user,
+                success,
+                credential,
+            } => {
+                if !*success && origin.is_some() {
+                    // The failure this node prepared is now in the replicated count.
+                    if let Some(p) = self.pending_failures.get_mut(user)
+                        && !p.is_empty()
                     {
-                        s.user = Some(*user);
+                        p.remove(0);
                     }
-                    Ok(Outcome::LoggedIn)
-                } else {
-                    updated.failed_logins = target.failed_logins.saturating_add(1);
+                }
+                let threshold = self.meta.limits.lockout_threshold;
+                let target = self.users.get(user).ok_or(EngineError::LoginFailed)?;
+                let locked_before = target.failed_logins >= threshold;
+                let name = target.name.clone();
+                let current = target
+                    .password
+                    .as_ref()
+                    .map(|(sealed, _)| credential_of(sealed));
+                let mut updated = target.copy(&self.master)?;
+                if locked_before {
+                    // Every attempt against a locked user gets the same answer, right password
+                    // or not, so a locked account is no oracle.
+                    if !*success {
+                        updated.failed_logins = updated.failed_logins.saturating_add(1);
+                        Self::put_user(ops, &updated)?;
+                        self.users.insert(updated.id, updated);
+                    }
+                    return Err(EngineError::UserLocked {
+                        name,
+                        failures: target_failures(&self.users, *user),
+                    });
+                }
+                if !*success {
+                    updated.failed_logins = updated.failed_logins.saturating_add(1);
                     Self::put_user(ops, &updated)?;
                     self.users.insert(updated.id, updated);
-                    Err(EngineError::LoginFailed)
+                    return Err(EngineError::LoginFailed);
                 }
+                if current != Some(*credential) {
+                    // The password changed after this attempt was checked.
+                    return Err(EngineError::LoginFailed);
+                }
+                updated.failed_logins = 0;
+                Self::put_user(ops, &updated)?;
+                self.users.insert(updated.id, updated);
+                if let Some(s) = origin.and_then(|o| self.sessions.get_mut(&o)) {
+                    match s.user {
+                        None => s.user = Some(*user),
+                        Some(u) if u == *user => {}
+                        Some(_) => return Err(EngineError::AlreadyLoggedIn),
+                    }
+                }
+                Ok(Outcome::LoggedIn)
             }
             CommandOp::CreateKeys { objects } => {
                 let owner = self.actor(cmd, Operation::GenerateKey)?.id;
@@ -1794,20 +2071,26 @@ impl Engine {
                         reason: "creates one key or one key pair",
                     });
                 }
-                if self.keys.len() + objects.len() > self.config.max_token_keys {
+                if self.keys.len() + objects.len() > self.meta.limits.max_token_keys as usize {
                     return Err(EngineError::LimitReached {
                         what: "token keys",
-                        limit: self.config.max_token_keys,
+                        limit: self.meta.limits.max_token_keys as usize,
                     });
                 }
                 let mut created = Vec::with_capacity(objects.len());
                 let mut handle = self.meta.next_handle;
-                for new in objects {
+                for (i, new) in objects.iter().enumerate() {
                     if !new.attrs.token {
                         return Err(EngineError::InvalidInput {
                             what: "command",
                             reason: "session keys are not replicated",
                         });
+                    }
+                    // The creation rules hold for the attributes as carried, too.
+                    new.attrs.check_new()?;
+                    let dup_in_command = objects.iter().take(i).any(|o| o.uid == new.uid);
+                    if dup_in_command || self.uid_taken(new.uid) {
+                        return Err(EngineError::ObjectExists);
                     }
                     let record = KeyRecord {
                         handle: KeyHandle(handle),
@@ -1817,6 +2100,7 @@ impl Engine {
                         attrs: new.attrs.clone(),
                         public_der: new.public_der.clone(),
                         sealed: new.sealed.clone(),
+                        partner: new.partner,
                         created_at: cmd.at,
                     };
                     created.push(open_key(&self.master, record)?);
@@ -1855,9 +2139,25 @@ impl Engine {
                     record.attrs.check_change(change, role)?;
                     record.attrs.apply_change(change);
                 }
+                // Trust covers a whole pair: a blob wrapped under a trusted public key is
+                // opened by its private half, which must then be bound like a trusted key.
+                let mut partner_record = None;
+                if trusted && let Some(partner) = self.partner_of(&key.record) {
+                    let mut r = partner.record.clone();
+                    for change in changes {
+                        r.attrs.check_change(change, role)?;
+                        r.attrs.apply_change(change);
+                    }
+                    partner_record = Some(r);
+                }
                 Self::put_key(ops, &record)?;
-                if let Some(k) = self.keys.get_mut(handle) {
-                    k.record = record;
+                if let Some(r) = &partner_record {
+                    Self::put_key(ops, r)?;
+                }
+                for r in [Some(record), partner_record].into_iter().flatten() {
+                    if let Some(k) = self.keys.get_mut(&r.handle) {
+                        k.record = r;
+                    }
                 }
                 Ok(Outcome::AttributesChanged)
             }
@@ -1912,10 +2212,19 @@ impl Engine {
                 if !key.attrs().destroyable {
                     return Err(EngineError::NotDestroyable { handle: *handle });
                 }
+                // The tombstone keeps a masked copy from bringing the key back.
+                let uid = key.record.uid;
                 ops.push(StoreOp::Delete {
                     table: Table::Keys,
                     key: handle.0,
                 });
+                ops.push(StoreOp::Put {
+                    table: Table::Tombstones,
+                    key: self.meta.next_tombstone,
+                    value: encode(&uid)?,
+                });
+                self.meta.next_tombstone += 1;
+                self.tombstones.insert(uid);
                 self.keys.remove(handle);
                 Ok(Outcome::KeyDeleted)
             }
@@ -1953,6 +2262,10 @@ impl Engine {
             }
         }
     }
+}
+
+fn target_failures(users: &BTreeMap<UserId, User>, user: UserId) -> u8 {
+    users.get(&user).map_or(0, |u| u.failed_logins)
 }
 
 fn label(aad: &[u8]) -> Option<&[u8]> {

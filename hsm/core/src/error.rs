@@ -210,6 +210,17 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A log entry at or below the applied index (a duplicate delivery).
+    #[error("log entry {index} was already applied (applied up to {applied})")]
+    AlreadyApplied {
+        /// The entry's index.
+        index: u64,
+        /// The last applied index.
+        applied: u64,
+    },
+    /// A masked object of a key that was deleted.
+    #[error("this key was deleted; a masked copy cannot bring it back")]
+    ObjectDeleted,
     /// A stored record could not be read back.
     #[error("store is damaged: {0}")]
     Corrupt(&'static str),

@@ -28,8 +28,8 @@ mod store;
 mod types;
 
 pub use api::{
-    Applied, ClusterInfo, EngineConfig, EngineStats, FromOutcome, KeyInfo, MaskedObject, Outcome,
-    Step, SyncStatus, UserInfo,
+    Applied, ClusterInfo, ClusterLimits, EngineConfig, EngineStats, FromOutcome, KeyInfo,
+    MaskedObject, Outcome, Step, SyncStatus, UserInfo,
 };
 pub use attributes::{
     Attribute, AttributeChange, KeyAttributes, KeyFilter, KeyTemplate, MAX_ID_LEN, MAX_LABEL_LEN,

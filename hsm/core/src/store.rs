@@ -18,11 +18,13 @@ pub enum Table {
     Users,
     /// Token key objects by handle.
     Keys,
+    /// Unique ids of deleted keys, so a masked copy cannot bring a deleted key back.
+    Tombstones,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 3] = [Self::Meta, Self::Users, Self::Keys];
+    pub const ALL: [Self; 4] = [Self::Meta, Self::Users, Self::Keys, Self::Tombstones];
 
     /// The table's name in stores that name tables.
     pub fn name(self) -> &'static str {
@@ -30,6 +32,7 @@ impl Table {
             Self::Meta => "meta",
             Self::Users => "users",
             Self::Keys => "keys",
+            Self::Tombstones => "tombstones",
         }
     }
 }

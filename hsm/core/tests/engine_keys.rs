@@ -842,10 +842,14 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
 fn masked_objects_only_open_in_the_same_cluster() {
     let mut fx = Fixture::activated();
     let alice = fx.cu("alice");
-    let (_, private) = fx.gen_pair(
+    let bob = fx.cu("bob");
+    let bob_id = fx.hsm.engine().session_user(bob).unwrap().unwrap().0;
+    // A clone of the cluster taken now, before the key exists (CloudHSM's cloned cluster).
+    let mut clone = fx.clone_cluster();
+    let (public, private) = fx.gen_pair(
         alice,
         KeySpec::Ec(Curve::P256),
-        &tpl(&[]),
+        &tpl(&[("verify", "true")]),
         &tpl(&[("sign", "true")]),
     );
     let masked = fx.hsm.engine().extract_masked(alice, private).unwrap();
@@ -858,7 +862,7 @@ fn masked_objects_only_open_in_the_same_cluster() {
             .unwrap_err(),
         EngineError::ObjectExists
     );
-    // Another cluster's domain key cannot open it.
+    // Another cluster's domain key cannot open it, nor can anyone open a modified one.
     let mut other = Fixture::activated();
     let co = other.co();
     assert_eq!(
@@ -879,13 +883,44 @@ fn masked_objects_only_open_in_the_same_cluster() {
             .unwrap_err(),
         EngineError::BadMaskedObject
     );
-    // After deletion, inserting it back restores a usable key.
+    // The clone takes it, for its owner only, and the key signs there.
+    let clone_alice = clone.login("alice", CU_PASSWORD).unwrap();
+    let clone_bob = clone.login("bob", CU_PASSWORD).unwrap();
+    assert!(matches!(
+        clone.hsm.engine().insert_masked(clone_bob, &masked, now),
+        Err(EngineError::NotKeyOwner { .. })
+    ));
+    let mut forged = clone
+        .hsm
+        .engine()
+        .insert_masked(clone_alice, &masked, now)
+        .unwrap();
+    forged.actor = Some(bob_id);
+    assert!(matches!(
+        engine_err(clone.hsm.commit(&forged, None).unwrap_err()),
+        EngineError::NotKeyOwner { .. }
+    ));
+    let cmd = clone.hsm.engine().insert_masked(clone_alice, &masked, now);
+    let restored = clone.commit(clone_alice, cmd).unwrap().handles()[0];
+    let sig = clone
+        .hsm
+        .engine()
+        .sign(clone_alice, restored, ECDSA, b"m")
+        .unwrap();
+    fx.hsm
+        .engine()
+        .verify(alice, public, ECDSA, b"m", &sig)
+        .unwrap();
+    // A deleted key stays deleted: its masked copy cannot bring it back.
     let step = fx.hsm.engine_mut().delete_key(alice, private, now).unwrap();
     fx.hsm.complete(alice, step).unwrap();
-    let cmd = fx.hsm.engine().insert_masked(alice, &masked, now);
-    let outcome = fx.commit(alice, cmd).unwrap();
-    let restored = outcome.handles()[0];
-    fx.hsm.engine().sign(alice, restored, ECDSA, b"m").unwrap();
+    assert_eq!(
+        fx.hsm
+            .engine()
+            .insert_masked(alice, &masked, now)
+            .unwrap_err(),
+        EngineError::ObjectDeleted
+    );
 }
 
 #[test]
@@ -1041,26 +1076,11 @@ fn apply_checks_again_so_stale_or_altered_commands_change_nothing() {
     };
     cmd.actor = Some(bob_id);
     assert!(fx.hsm.commit(&cmd, None).is_err());
-    // A masked object inserted with another crypto user as actor is refused.
-    let masked = fx.hsm.engine().extract_masked(alice, k).unwrap();
     let step = fx.hsm.engine_mut().delete_key(alice, k, now).unwrap();
     let sealgate_hsm_core::Step::Replicate(delete) = step else {
         panic!()
     };
-    let mut insert = fx
-        .hsm
-        .engine()
-        .insert_masked(alice, &masked, now)
-        .unwrap_err();
-    assert_eq!(insert, EngineError::ObjectExists);
     fx.hsm.commit(&delete, Some(alice)).unwrap();
-    let mut cmd = fx.hsm.engine().insert_masked(alice, &masked, now).unwrap();
-    cmd.actor = Some(bob_id);
-    insert = engine_err(fx.hsm.commit(&cmd, None).unwrap_err());
-    assert!(
-        matches!(insert, EngineError::NotKeyOwner { .. }),
-        "{insert}"
-    );
     // The same delete applied twice (a replayed log entry) is refused the second time.
     assert!(matches!(
         engine_err(fx.hsm.commit(&delete, Some(alice)).unwrap_err()),

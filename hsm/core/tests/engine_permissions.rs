@@ -57,6 +57,9 @@ const EXPECTED: &[(Operation, &str)] = &[
 /// Keys and users the requests act on, owned by the crypto user `alice`.
 struct World {
     fx: Fixture,
+    /// A clone of `fx` taken when alice was created, where masked objects come from.
+    donor: Fixture,
+    donor_alice: SessionId,
     /// A second fixture, never activated, whose `admin` is still the PRECO.
     unactivated: Fixture,
     alice: SessionId,
@@ -74,6 +77,8 @@ impl World {
         let co = fx.co();
         fx.create_user(co, "bob", Role::CryptoUser, CU_PASSWORD);
         let alice = fx.cu("alice");
+        let mut donor = fx.clone_cluster();
+        let donor_alice = donor.login("alice", CU_PASSWORD).unwrap();
         let (ec_public, ec_private) = fx.gen_pair(
             alice,
             KeySpec::Ec(Curve::P256),
@@ -102,6 +107,8 @@ impl World {
         );
         Self {
             fx,
+            donor,
+            donor_alice,
             unactivated: Fixture::initialized(),
             alice,
             ec_public,
@@ -162,8 +169,7 @@ impl World {
         let throwaway_key = match op {
             Operation::DeleteKey
             | Operation::ShareKey
-            | Operation::UnshareKey
-            | Operation::InsertMaskedObject => Some(self.throwaway_key()),
+            | Operation::UnshareKey => Some(self.throwaway_key()),
             _ => None,
         };
         let throwaway_user = match op {
@@ -177,11 +183,14 @@ impl World {
             self.fx.commit(alice, cmd).unwrap();
         }
         let masked = if op == Operation::InsertMaskedObject {
-            let k = throwaway_key.unwrap();
-            let m = self.fx.hsm.engine().extract_masked(alice, k).unwrap();
-            let step = self.fx.hsm.engine_mut().delete_key(alice, k, now).unwrap();
-            self.fx.hsm.complete(alice, step).unwrap();
-            Some(m)
+            // A key made on a clone of the cluster, which this node has never seen.
+            let donor_alice = self.donor_alice;
+            let k = self.donor.gen_key(
+                donor_alice,
+                KeySpec::Aes(AesSize::Aes128),
+                &tpl(&[("extractable", "true")]),
+            );
+            Some(self.donor.hsm.engine().extract_masked(donor_alice, k).unwrap())
         } else {
             None
         };

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 const META: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("keys");
+const TOMBSTONES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("tombstones");
 
 fn definition(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     match table {
         Table::Meta => META,
         Table::Users => USERS,
         Table::Keys => KEYS,
+        Table::Tombstones => TOMBSTONES,
     }
 }
 

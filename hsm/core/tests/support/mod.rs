@@ -68,6 +68,27 @@ impl Fixture {
         fx
     }
 
+    /// A second node restored from this one's store as it is now, under the same master key
+    /// (a clone of the cluster at this moment). Sessions do not carry over.
+    pub fn clone_cluster(&self) -> Self {
+        Self::from_store(self.hsm.store().clone(), &self.master)
+    }
+
+    /// A node opened from `store` under `master`.
+    pub fn from_store(store: MemoryStore, master: &[u8]) -> Self {
+        let hsm = LocalHsm::open(
+            store,
+            MasterKey::from_bytes(master).unwrap(),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        Self {
+            hsm,
+            master: master.to_vec(),
+            clock: 1_800_000_000_000,
+        }
+    }
+
     pub fn now(&mut self) -> Timestamp {
         self.clock += 1;
         Timestamp(self.clock)
