@@ -45,6 +45,12 @@ pub enum MasterKeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key path is a link, a directory or another non-regular file.
+    #[error("master key file {path} must be a regular file, not a link or directory")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
     /// The key is not 64 hex digits.
     #[error("master key in {origin} is not 64 hex digits (32 bytes)")]
     Malformed {
@@ -82,7 +88,10 @@ pub fn load_or_create_master_key(
             MasterKeySource::Environment,
         ));
     }
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => Err(MasterKeyError::NotAFile {
+            path: path.to_owned(),
+        }),
         Ok(meta) => {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
@@ -152,6 +161,13 @@ mod tests {
         assert!(matches!(
             load_or_create_master_key(&path, None),
             Err(MasterKeyError::Malformed { .. })
+        ));
+        // A link to a key file is refused.
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            load_or_create_master_key(&link, None),
+            Err(MasterKeyError::NotAFile { .. })
         ));
     }
 
