@@ -167,9 +167,9 @@ impl World {
     fn attempt(&mut self, principal: Principal, op: Operation) -> Result<(), EngineError> {
         // Objects the request needs are made first, by their rightful owners.
         let throwaway_key = match op {
-            Operation::DeleteKey
-            | Operation::ShareKey
-            | Operation::UnshareKey => Some(self.throwaway_key()),
+            Operation::DeleteKey | Operation::ShareKey | Operation::UnshareKey => {
+                Some(self.throwaway_key())
+            }
             _ => None,
         };
         let throwaway_user = match op {
@@ -190,7 +190,13 @@ impl World {
                 KeySpec::Aes(AesSize::Aes128),
                 &tpl(&[("extractable", "true")]),
             );
-            Some(self.donor.hsm.engine().extract_masked(donor_alice, k).unwrap())
+            Some(
+                self.donor
+                    .hsm
+                    .engine()
+                    .extract_masked(donor_alice, k)
+                    .unwrap(),
+            )
         } else {
             None
         };
