@@ -59,22 +59,6 @@ impl User {
             created_at: self.created_at,
         }
     }
-
-    fn copy(&self, master: &MasterKey) -> Result<Self, EngineError> {
-        let password = match &self.password {
-            Some((sealed, _)) => Some((sealed.clone(), open_password(master, self.uid, sealed)?)),
-            None => None,
-        };
-        Ok(Self {
-            id: self.id,
-            uid: self.uid,
-            name: self.name.clone(),
-            role: self.role,
-            password,
-            failed_logins: self.failed_logins,
-            created_at: self.created_at,
-        })
-    }
 }
 
 /// A key object with its material opened for use.
@@ -1831,6 +1815,38 @@ impl Engine {
         Ok(())
     }
 
+    /// Changes a stored user: the new row is encoded (and pushed) before memory changes.
+    fn update_user(
+        &mut self,
+        ops: &mut Vec<StoreOp>,
+        id: UserId,
+        role: Role,
+        failed_logins: u8,
+        password: Option<(SealedBytes, PasswordHash)>,
+    ) -> Result<(), EngineError> {
+        let user = self
+            .users
+            .get_mut(&id)
+            .ok_or(EngineError::Corrupt("updated user is missing"))?;
+        let mut record = user.record();
+        record.role = role;
+        record.failed_logins = failed_logins;
+        if let Some((sealed, _)) = &password {
+            record.password = Some(sealed.clone());
+        }
+        ops.push(StoreOp::Put {
+            table: Table::Users,
+            key: u64::from(id.0),
+            value: encode(&record)?,
+        });
+        user.role = role;
+        user.failed_logins = failed_logins;
+        if password.is_some() {
+            user.password = password;
+        }
+        Ok(())
+    }
+
     fn put_key(ops: &mut Vec<StoreOp>, record: &KeyRecord) -> Result<(), EngineError> {
         ops.push(StoreOp::Put {
             table: Table::Keys,
@@ -1896,16 +1912,15 @@ impl Engine {
                     return Err(EngineError::AlreadyActivated);
                 }
                 let actor = self.actor(cmd, Operation::Activate)?;
-                let mut user = actor.copy(&self.master)?;
-                user.password = Some((
-                    password.clone(),
-                    open_password(&self.master, user.uid, password)?,
-                ));
-                user.role = Role::CryptoOfficer;
-                user.failed_logins = 0;
-                let id = user.id;
-                Self::put_user(ops, &user)?;
-                self.users.insert(id, user);
+                let (id, uid) = (actor.id, actor.uid);
+                let hash = open_password(&self.master, uid, password)?;
+                self.update_user(
+                    ops,
+                    id,
+                    Role::CryptoOfficer,
+                    0,
+                    Some((password.clone(), hash)),
+                )?;
                 self.meta.activated = true;
                 // Other sessions opened with the one-time password end here; only the session
                 // that activated carries on, now as a crypto officer.
@@ -1989,17 +2004,15 @@ impl Engine {
                         name: target.name.clone(),
                     });
                 }
-                let mut updated = target.copy(&self.master)?;
-                updated.password = Some((
-                    password.clone(),
-                    open_password(&self.master, updated.uid, password)?,
-                ));
+                let (role, uid) = (target.role, target.uid);
                 // Only an officer's reset unlocks; changing one's own password does not.
-                if actor_id != *user {
-                    updated.failed_logins = 0;
-                }
-                Self::put_user(ops, &updated)?;
-                self.users.insert(updated.id, updated);
+                let failures = if actor_id == *user {
+                    target.failed_logins
+                } else {
+                    0
+                };
+                let hash = open_password(&self.master, uid, password)?;
+                self.update_user(ops, *user, role, failures, Some((password.clone(), hash)))?;
                 if actor_id != *user {
                     // A reset by an officer ends the user's sessions on this node.
                     self.end_sessions_of(*user);
@@ -2027,33 +2040,28 @@ impl Engine {
                     .password
                     .as_ref()
                     .map(|(sealed, _)| credential_of(sealed));
-                let mut updated = target.copy(&self.master)?;
+                let role = target.role;
+                let failures = if *success {
+                    target.failed_logins
+                } else {
+                    target.failed_logins.saturating_add(1)
+                };
+                if !*success {
+                    self.update_user(ops, *user, role, failures, None)?;
+                }
                 if locked_before {
                     // Every attempt against a locked user gets the same answer, right password
                     // or not, so a locked account is no oracle.
-                    if !*success {
-                        updated.failed_logins = updated.failed_logins.saturating_add(1);
-                        Self::put_user(ops, &updated)?;
-                        self.users.insert(updated.id, updated);
-                    }
-                    return Err(EngineError::UserLocked {
-                        name,
-                        failures: target_failures(&self.users, *user),
-                    });
+                    return Err(EngineError::UserLocked { name, failures });
                 }
                 if !*success {
-                    updated.failed_logins = updated.failed_logins.saturating_add(1);
-                    Self::put_user(ops, &updated)?;
-                    self.users.insert(updated.id, updated);
                     return Err(EngineError::LoginFailed);
                 }
                 if current != Some(*credential) {
                     // The password changed after this attempt was checked.
                     return Err(EngineError::LoginFailed);
                 }
-                updated.failed_logins = 0;
-                Self::put_user(ops, &updated)?;
-                self.users.insert(updated.id, updated);
+                self.update_user(ops, *user, role, 0, None)?;
                 if let Some(s) = origin.and_then(|o| self.sessions.get_mut(&o)) {
                     match s.user {
                         None => s.user = Some(*user),
@@ -2262,10 +2270,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn target_failures(users: &BTreeMap<UserId, User>, user: UserId) -> u8 {
-    users.get(&user).map_or(0, |u| u.failed_logins)
 }
 
 fn label(aad: &[u8]) -> Option<&[u8]> {

@@ -22,6 +22,8 @@ const EXTRACT_SALT: &[u8] = b"sealgate master key v1";
 /// `Clone` or `Serialize`.
 pub struct MasterKey {
     bytes: Zeroizing<[u8; 32]>,
+    /// The HMAC key for record tags, derived once (tags are made for every stored row).
+    record_key: aws_lc_rs::hmac::Key,
 }
 
 /// Bytes sealed under the master key. Safe to store and log (it is ciphertext), but `Debug`
@@ -62,12 +64,7 @@ impl MasterKey {
     /// to the key file (with 0600 permissions); they are zeroized when dropped.
     pub fn generate() -> Result<(Self, Zeroizing<[u8; 32]>), CryptoError> {
         let bytes = Zeroizing::new(crate::random::random_array::<32>()?);
-        Ok((
-            Self {
-                bytes: bytes.clone(),
-            },
-            bytes,
-        ))
+        Ok((Self::with_bytes(bytes.clone()), bytes))
     }
 
     /// Loads a master key from its 32 raw bytes.
@@ -77,9 +74,18 @@ impl MasterKey {
             actual: bytes.len(),
             allowed: "exactly 32 bytes",
         })?;
-        Ok(Self {
-            bytes: Zeroizing::new(arr),
-        })
+        Ok(Self::with_bytes(Zeroizing::new(arr)))
+    }
+
+    fn with_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, EXTRACT_SALT).extract(&bytes[..]);
+        let info = [b"sealgate record mac v1".as_slice()];
+        let mut key = Zeroizing::new([0u8; 32]);
+        if let Ok(okm) = prk.expand(&info, Len(32)) {
+            let _ = okm.fill(&mut key[..]);
+        }
+        let record_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key[..]);
+        Self { bytes, record_key }
     }
 
     /// A non-secret fingerprint of this key (8 bytes), so a store can tell that it is opened with
@@ -97,14 +103,7 @@ impl MasterKey {
     /// An integrity tag over `data` in `context` (HMAC-SHA-256 under a key derived from the
     /// master key). Deterministic, so every replica computes the same tag for the same record.
     pub fn record_tag(&self, context: &[u8], data: &[u8]) -> [u8; 32] {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, EXTRACT_SALT).extract(&self.bytes[..]);
-        let info = [b"sealgate record mac v1".as_slice()];
-        let mut key = Zeroizing::new([0u8; 32]);
-        if let Ok(okm) = prk.expand(&info, Len(32)) {
-            let _ = okm.fill(&mut key[..]);
-        }
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key[..]);
-        let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.record_key);
         ctx.update(&(context.len() as u64).to_be_bytes());
         ctx.update(context);
         ctx.update(data);
