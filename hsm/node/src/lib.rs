@@ -6,8 +6,10 @@
 //! (mode 0600) or in the environment, never in the store.
 #![forbid(unsafe_code)]
 
+mod config;
 mod master_key;
 mod store;
 
+pub use config::{LimitsSection, MAX_NODES, NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection};
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
 pub use store::RedbStore;

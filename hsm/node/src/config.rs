@@ -1,0 +1,259 @@
+//! `node.toml`: one node's identity, listener, TLS files, data directory and limits. Read as a
+//! raw [`NodeFile`] (serde, unknown keys refused), then checked into a [`NodeConfig`].
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The file as written (`cluster init` writes one per node). Relative paths are relative to the
+/// file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[tls]`.
+    pub tls: TlsSection,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[node]`: identity, address and data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's id in its cluster (1–28).
+    pub id: u32,
+    /// `ip:port` to listen on (port 0 picks a free port; the node prints the one it got).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory of the store (`store.redb`) and the master key file (`master.key`).
+    pub data_dir: PathBuf,
+}
+
+fn default_listen() -> String {
+    format!("127.0.0.1:{}", sealgate_hsm_proto::DEFAULT_PORT)
+}
+
+/// `[tls]`: mutual TLS with the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM of the cluster CA; clients must present a certificate it signed.
+    pub ca: PathBuf,
+    /// PEM of this node's certificate chain.
+    pub cert: PathBuf,
+    /// PEM of this node's certificate key (PKCS#8).
+    pub key: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Most client connections at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Largest frame in bytes.
+    pub max_frame_len: usize,
+    /// Most requests in flight on one connection.
+    pub max_in_flight: usize,
+    /// Most requests queued for the crypto pool on the node before it answers `busy`.
+    pub max_queued: usize,
+    /// Threads of the crypto pool (0: one per core).
+    pub crypto_threads: usize,
+    /// Most open sessions (one per connection).
+    pub max_sessions: usize,
+    /// Seconds a client has to finish TLS and say hello.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a draining node waits for requests in flight on SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_frame_len: sealgate_hsm_proto::MAX_FRAME_LEN,
+            max_in_flight: sealgate_hsm_proto::MAX_IN_FLIGHT,
+            max_queued: 4_096,
+            crypto_threads: 0,
+            max_sessions: 10_000,
+            handshake_timeout_secs: 10,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// A checked node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's id.
+    pub id: u32,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// CA file.
+    pub ca: PathBuf,
+    /// Certificate file.
+    pub cert: PathBuf,
+    /// Key file.
+    pub key: PathBuf,
+    /// Limits, with `crypto_threads` resolved to a count.
+    pub limits: LimitsSection,
+}
+
+/// Why a node configuration was refused. Every message names the file and, where it applies,
+/// the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Largest cluster (CloudHSM's limit).
+pub const MAX_NODES: u32 = 28;
+
+impl NodeConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: NodeFile = toml::from_str(&text).map_err(|e| NodeConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_file(file, base, path)
+    }
+
+    /// Checks a parsed file; relative paths are taken from `base`.
+    pub fn from_file(file: NodeFile, base: &Path, origin: &Path) -> Result<Self, NodeConfigError> {
+        let invalid = |key, reason| NodeConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            reason,
+        };
+        if file.node.id == 0 || file.node.id > MAX_NODES {
+            return Err(invalid("node.id", "must be between 1 and 28"));
+        }
+        let listen: SocketAddr = file
+            .node
+            .listen
+            .parse()
+            .map_err(|_| invalid("node.listen", "expected ip:port, e.g. 127.0.0.1:2225"))?;
+        let mut limits = file.limits;
+        for (value, key) in [
+            (limits.max_connections, "limits.max_connections"),
+            (limits.max_in_flight, "limits.max_in_flight"),
+            (limits.max_queued, "limits.max_queued"),
+            (limits.max_sessions, "limits.max_sessions"),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if !(1024..=(64 << 20)).contains(&limits.max_frame_len) {
+            return Err(invalid(
+                "limits.max_frame_len",
+                "must be between 1024 and 67108864 bytes",
+            ));
+        }
+        if limits.handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "limits.handshake_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
+        if limits.crypto_threads == 0 {
+            limits.crypto_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        Ok(Self {
+            id: file.node.id,
+            listen,
+            data_dir: base.join(&file.node.data_dir),
+            ca: base.join(&file.tls.ca),
+            cert: base.join(&file.tls.cert),
+            key: base.join(&file.tls.key),
+            limits,
+        })
+    }
+
+    /// The store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.redb")
+    }
+
+    /// The master key file.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join("master.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[node]
+id = 2
+listen = "127.0.0.1:2226"
+data_dir = "node-2"
+
+[tls]
+ca = "ca.pem"
+cert = "node-2/node.pem"
+key = "node-2/node-key.pem"
+"#;
+
+    #[test]
+    fn sample_parses_with_default_limits() {
+        let file: NodeFile = toml::from_str(SAMPLE).expect("parses");
+        let cfg = NodeConfig::from_file(file, Path::new("/c"), Path::new("node.toml"))
+            .expect("valid");
+        assert_eq!(cfg.id, 2);
+        assert_eq!(cfg.store_path(), Path::new("/c/node-2/store.redb"));
+        assert!(cfg.limits.crypto_threads >= 1);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let err = toml::from_str::<NodeFile>(&SAMPLE.replace("[tls]", "[tls]\nfoo = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("foo"), "{err}");
+        let file: NodeFile = toml::from_str(&SAMPLE.replace("id = 2", "id = 40")).expect("parses");
+        let err = NodeConfig::from_file(file, Path::new("."), Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "n.toml: node.id: must be between 1 and 28");
+    }
+}

@@ -1,0 +1,447 @@
+//! Requests and replies: one request per engine operation, plus hello and health.
+//!
+//! Attributes travel by their CloudHSM names as text (`label`, `sign`, `extractable`, …) so the
+//! protocol does not duplicate the engine's attribute rules; the node parses and checks them.
+
+use crate::types::{
+    EncryptMechanism, HashAlg, KdfMechanism, KeySpec, KeyType, Role, Secret, SignMechanism,
+    WrapMechanism,
+};
+use serde::{Deserialize, Serialize};
+
+/// A `name=value` key attribute (CloudHSM's names, e.g. `label`, `sign`, `extractable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeValue {
+    /// Attribute name.
+    pub name: String,
+    /// Value as text (`true`/`false` for flags).
+    pub value: String,
+}
+
+impl AttributeValue {
+    /// `name=value`.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// The first request on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Oldest protocol version the client speaks.
+    pub min_version: u16,
+    /// Newest protocol version the client speaks.
+    pub max_version: u16,
+    /// Free text naming the client (for the node's log).
+    pub client: String,
+}
+
+impl Hello {
+    /// A hello for the versions this build speaks.
+    pub fn current(client: impl Into<String>) -> Self {
+        Self {
+            min_version: crate::MIN_VERSION,
+            max_version: crate::VERSION,
+            client: client.into(),
+        }
+    }
+}
+
+/// The node's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub version: u16,
+    /// The node's id in its cluster.
+    pub node_id: u32,
+    /// The cluster's id (hex), empty before initialization.
+    pub cluster_id: String,
+    /// Largest frame the node accepts.
+    pub max_frame_len: u32,
+    /// Most requests in flight the node accepts on this connection.
+    pub max_in_flight: u32,
+}
+
+/// A node's health, answered without a login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The node's id.
+    pub node_id: u32,
+    /// Index of the last applied command.
+    pub applied_index: u64,
+    /// Open sessions.
+    pub sessions: u32,
+    /// Open client connections.
+    pub connections: u32,
+    /// Crypto operations queued or running.
+    pub queued: u32,
+    /// Whether the node accepts writes (false after a storage failure).
+    pub writable: bool,
+}
+
+/// Cluster information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The answering node.
+    pub node_id: u32,
+    /// The cluster id (hex), once initialized.
+    pub cluster_id: Option<String>,
+    /// Initialized.
+    pub initialized: bool,
+    /// Activated (the PRECO became a CO).
+    pub activated: bool,
+    /// Users, including built-in ones.
+    pub users: u64,
+    /// Token keys.
+    pub token_keys: u64,
+    /// Index of the last applied command.
+    pub applied_index: u64,
+}
+
+/// One user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// Id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Locked after failed logins.
+    pub locked: bool,
+    /// Failed logins in a row.
+    pub failed_logins: u8,
+    /// Built in (the appliance user).
+    pub built_in: bool,
+}
+
+/// One key's metadata (never its material).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Handle.
+    pub handle: u64,
+    /// Unique id (hex).
+    pub uid: String,
+    /// Owner's user id.
+    pub owner: u32,
+    /// Owner's name.
+    pub owner_name: String,
+    /// Names of the users the key is shared with.
+    pub shared_with: Vec<String>,
+    /// Every attribute by name, values as text.
+    pub attributes: Vec<AttributeValue>,
+}
+
+impl KeyInfo {
+    /// The text value of attribute `name`.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_str())
+    }
+}
+
+/// A request. Key handles are the numbers `key generate` and `key list` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Negotiate the version; must be first.
+    Hello(Hello),
+    /// The node's health (no login needed).
+    Health,
+    /// Cluster information (no login needed).
+    Info,
+    /// Log this connection in.
+    Login {
+        /// User name.
+        user: String,
+        /// Password.
+        password: Secret,
+    },
+    /// Log this connection out.
+    Logout,
+    /// PRECO only: set a new password and become the first crypto officer.
+    Activate {
+        /// The new password.
+        new_password: Secret,
+    },
+    /// List users.
+    ListUsers,
+    /// Create a CO or CU.
+    CreateUser {
+        /// Name.
+        name: String,
+        /// Role (CO or CU).
+        role: Role,
+        /// Initial password.
+        password: Secret,
+    },
+    /// Delete a user.
+    DeleteUser {
+        /// Name.
+        name: String,
+    },
+    /// Change a password (one's own, or any as a CO: this also unlocks).
+    ChangePassword {
+        /// User name.
+        name: String,
+        /// New password.
+        new_password: Secret,
+    },
+    /// Generate a symmetric key.
+    GenerateKey {
+        /// Type and size (AES or generic secret).
+        spec: KeySpec,
+        /// Attributes.
+        attributes: Vec<AttributeValue>,
+    },
+    /// Generate a key pair; the reply lists the public then the private handle.
+    GenerateKeyPair {
+        /// Type and size (RSA, EC, Ed25519).
+        spec: KeySpec,
+        /// Public key attributes.
+        public: Vec<AttributeValue>,
+        /// Private key attributes.
+        private: Vec<AttributeValue>,
+    },
+    /// Import a public key (DER SubjectPublicKeyInfo).
+    ImportPublicKey {
+        /// The key.
+        der: Vec<u8>,
+        /// Attributes.
+        attributes: Vec<AttributeValue>,
+    },
+    /// Unwrap (import) a wrapped key.
+    UnwrapKey {
+        /// The unwrapping key.
+        unwrapping: u64,
+        /// How it was wrapped.
+        mechanism: WrapMechanism,
+        /// The wrapped bytes.
+        wrapped: Vec<u8>,
+        /// The type of the key inside.
+        key_type: KeyType,
+        /// Attributes of the new key.
+        attributes: Vec<AttributeValue>,
+    },
+    /// Derive a secret key from a base key.
+    DeriveKey {
+        /// The base key.
+        base: u64,
+        /// The KDF.
+        mechanism: KdfMechanism,
+        /// Type and size of the result (AES or generic secret).
+        spec: KeySpec,
+        /// Attributes of the new key.
+        attributes: Vec<AttributeValue>,
+    },
+    /// List keys visible to the session that match every filter attribute.
+    ListKeys {
+        /// Filter (`class`, `key-type`, `label`, `id`, `token` and usage flags).
+        filter: Vec<AttributeValue>,
+    },
+    /// One key's metadata.
+    GetKey {
+        /// Handle.
+        handle: u64,
+    },
+    /// A public key, DER and PEM.
+    ExportPublicKey {
+        /// Handle of a public or private key.
+        handle: u64,
+    },
+    /// Change attributes.
+    SetAttributes {
+        /// Handle.
+        handle: u64,
+        /// Changes.
+        changes: Vec<AttributeValue>,
+    },
+    /// Share a key with a crypto user.
+    ShareKey {
+        /// Handle.
+        handle: u64,
+        /// User name.
+        user: String,
+    },
+    /// Stop sharing a key.
+    UnshareKey {
+        /// Handle.
+        handle: u64,
+        /// User name.
+        user: String,
+    },
+    /// Delete a key.
+    DeleteKey {
+        /// Handle.
+        handle: u64,
+    },
+    /// Wrap (export) a key under another key.
+    WrapKey {
+        /// The wrapping key.
+        wrapping: u64,
+        /// How.
+        mechanism: WrapMechanism,
+        /// The key to export.
+        handle: u64,
+    },
+    /// Sign `data` (the HSM hashes it as the mechanism says).
+    Sign {
+        /// Key.
+        handle: u64,
+        /// Mechanism.
+        mechanism: SignMechanism,
+        /// Message.
+        data: Vec<u8>,
+    },
+    /// Verify a signature.
+    Verify {
+        /// Key.
+        handle: u64,
+        /// Mechanism.
+        mechanism: SignMechanism,
+        /// Message.
+        data: Vec<u8>,
+        /// Signature.
+        signature: Vec<u8>,
+    },
+    /// Encrypt.
+    Encrypt {
+        /// Key.
+        handle: u64,
+        /// Mechanism.
+        mechanism: EncryptMechanism,
+        /// Plaintext.
+        data: Vec<u8>,
+        /// Additional authenticated data (AES-GCM).
+        aad: Vec<u8>,
+    },
+    /// Decrypt.
+    Decrypt {
+        /// Key.
+        handle: u64,
+        /// Mechanism.
+        mechanism: EncryptMechanism,
+        /// Ciphertext.
+        data: Vec<u8>,
+        /// Additional authenticated data (AES-GCM).
+        aad: Vec<u8>,
+    },
+    /// Digest.
+    Digest {
+        /// Algorithm.
+        hash: HashAlg,
+        /// Data.
+        data: Vec<u8>,
+    },
+    /// Random bytes.
+    Random {
+        /// How many.
+        len: u32,
+    },
+}
+
+impl Request {
+    /// Whether sending this request twice is harmless, so a client may re-send it to another
+    /// node when its node fails mid-request. Writes are never re-sent silently.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Self::Health
+                | Self::Info
+                | Self::ListUsers
+                | Self::ListKeys { .. }
+                | Self::GetKey { .. }
+                | Self::ExportPublicKey { .. }
+                | Self::WrapKey { .. }
+                | Self::Sign { .. }
+                | Self::Verify { .. }
+                | Self::Encrypt { .. }
+                | Self::Decrypt { .. }
+                | Self::Digest { .. }
+                | Self::Random { .. }
+        )
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Health => "health",
+            Self::Info => "info",
+            Self::Login { .. } => "login",
+            Self::Logout => "logout",
+            Self::Activate { .. } => "activate",
+            Self::ListUsers => "list-users",
+            Self::CreateUser { .. } => "create-user",
+            Self::DeleteUser { .. } => "delete-user",
+            Self::ChangePassword { .. } => "change-password",
+            Self::GenerateKey { .. } => "generate-key",
+            Self::GenerateKeyPair { .. } => "generate-key-pair",
+            Self::ImportPublicKey { .. } => "import-public-key",
+            Self::UnwrapKey { .. } => "unwrap-key",
+            Self::DeriveKey { .. } => "derive-key",
+            Self::ListKeys { .. } => "list-keys",
+            Self::GetKey { .. } => "get-key",
+            Self::ExportPublicKey { .. } => "export-public-key",
+            Self::SetAttributes { .. } => "set-attributes",
+            Self::ShareKey { .. } => "share-key",
+            Self::UnshareKey { .. } => "unshare-key",
+            Self::DeleteKey { .. } => "delete-key",
+            Self::WrapKey { .. } => "wrap-key",
+            Self::Sign { .. } => "sign",
+            Self::Verify { .. } => "verify",
+            Self::Encrypt { .. } => "encrypt",
+            Self::Decrypt { .. } => "decrypt",
+            Self::Digest { .. } => "digest",
+            Self::Random { .. } => "random",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Reply {
+    /// Answer to [`Request::Hello`].
+    Welcome(Welcome),
+    /// Answer to [`Request::Health`].
+    Health(Health),
+    /// Answer to [`Request::Info`].
+    Info(ClusterInfo),
+    /// Done, nothing to return (logout, activate, delete, share, attributes, passwords).
+    Done,
+    /// Answer to [`Request::Login`].
+    LoggedIn {
+        /// The user's role.
+        role: Role,
+    },
+    /// Answer to [`Request::ListUsers`].
+    Users(Vec<UserInfo>),
+    /// Answer to [`Request::CreateUser`].
+    UserCreated {
+        /// The new user's id.
+        id: u32,
+    },
+    /// Keys created: one handle, or public then private for a pair.
+    KeysCreated(Vec<u64>),
+    /// Answer to [`Request::ListKeys`].
+    Keys(Vec<KeyInfo>),
+    /// Answer to [`Request::GetKey`].
+    Key(KeyInfo),
+    /// Answer to [`Request::ExportPublicKey`].
+    PublicKey {
+        /// DER SubjectPublicKeyInfo.
+        der: Vec<u8>,
+        /// PEM of the same.
+        pem: String,
+    },
+    /// Bytes: a signature, ciphertext, plaintext, digest, random bytes or a wrapped key.
+    Data(Vec<u8>),
+    /// The signature verified.
+    Verified,
+}
