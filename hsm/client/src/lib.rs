@@ -1,6 +1,36 @@
-//! sealgate's HSM client SDK (work in progress: the configuration file so far).
+//! sealgate's HSM client SDK: a [`Client`] holds one mutually authenticated TLS 1.3
+//! connection to every node of a cluster, logs in, and sends requests of the wire protocol
+//! (`sealgate-hsm-proto`) to them.
+//!
+//! - **Pipelining:** many requests in flight per connection, matched to answers by id; a writer
+//!   task batches queued frames into one write; the node's `max_in_flight` and `max_frame_len`
+//!   (from its welcome) are respected.
+//! - **Load balancing:** each request goes to the less loaded of two random healthy nodes
+//!   (power of two choices on outstanding requests).
+//! - **Retries and failover:** `busy` answers are retried with exponential backoff and jitter,
+//!   preferably elsewhere. When a node fails mid-request, requests that are safe to repeat
+//!   ([`Request::is_idempotent`]) go to another node; writes fail with
+//!   [`ClientError::Interrupted`] and are never sent twice.
+//! - **Health:** a background task per node checks health, marks nodes down, reconnects with
+//!   backoff, logs in again with the stored credentials, and marks them up.
+//!
+//! What this crate does **not** do: it does not depend on the engine (`sealgate-hsm-core`) or
+//! the crypto crate (`sealgate-hsm-crypto`), performs no cryptography of its own besides TLS,
+//! and never holds key material: keys stay in the nodes, and requests name them by handle. The
+//! only secret it keeps is the login password, as a zeroized [`Secret`] that is never logged.
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
+mod connection;
+mod error;
+mod node;
+mod tls;
 
+#[cfg(test)]
+mod tests;
+
+pub use client::{Client, Credentials, NodeStatus};
 pub use config::{ClientConfig, ClientFile, ClientSection, ConfigError, NodeEndpoint, NodeSection};
+pub use error::{ClientError, ConnectError};
+pub use sealgate_hsm_proto::{ErrorKind, Reply, Request, Secret};

@@ -214,3 +214,9 @@ impl FromOutcome for Vec<KeyHandle> {
         outcome.handles().to_vec()
     }
 }
+
+impl FromOutcome for Outcome {
+    fn from_outcome(outcome: Outcome) -> Self {
+        outcome
+    }
+}

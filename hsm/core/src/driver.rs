@@ -74,8 +74,9 @@ impl<S: Store> LocalHsm<S> {
             return Err(StoreError::Poisoned.into());
         }
         let index = self.engine.applied_index() + 1;
+        let entry = cmd.encode()?;
         let applied = self.engine.apply(index, cmd, origin);
-        if let Err(e) = self.store.commit(&applied.batch) {
+        if let Err(e) = self.store.commit_entry(index, &entry, &applied.batch) {
             self.poisoned = true;
             return Err(e.into());
         }

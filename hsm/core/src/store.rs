@@ -153,6 +153,20 @@ pub trait Store {
 
     /// Writes `batch` atomically; returns only once it is durable.
     fn commit(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
+
+    /// Writes log entry `index` (the encoded [`Command`](crate::Command)) together with the
+    /// `batch` it produced, atomically and durably: the store is then the command log plus the
+    /// state after applying it (the snapshot at `index`). Stores without a log keep only the
+    /// state.
+    fn commit_entry(
+        &mut self,
+        index: u64,
+        command: &[u8],
+        batch: &StoreBatch,
+    ) -> Result<(), StoreError> {
+        let _ = (index, command);
+        self.commit(batch)
+    }
 }
 
 /// A store in memory: for tests, simulations and throwaway nodes.

@@ -237,8 +237,8 @@ key = "node-2/node-key.pem"
     #[test]
     fn sample_parses_with_default_limits() {
         let file: NodeFile = toml::from_str(SAMPLE).expect("parses");
-        let cfg = NodeConfig::from_file(file, Path::new("/c"), Path::new("node.toml"))
-            .expect("valid");
+        let cfg =
+            NodeConfig::from_file(file, Path::new("/c"), Path::new("node.toml")).expect("valid");
         assert_eq!(cfg.id, 2);
         assert_eq!(cfg.store_path(), Path::new("/c/node-2/store.redb"));
         assert!(cfg.limits.crypto_threads >= 1);

@@ -7,9 +7,18 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod convert;
+pub mod init;
 mod master_key;
+mod server;
+mod service;
 mod store;
+mod tls;
 
-pub use config::{LimitsSection, MAX_NODES, NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection};
+pub use config::{
+    LimitsSection, MAX_NODES, NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection,
+};
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
-pub use store::RedbStore;
+pub use server::{NodeError, NodeHandle, run, start};
+pub use store::{LOG_KEEP, RedbStore};
+pub use tls::TlsError;

@@ -1,5 +1,7 @@
-//! The engine's store on redb: one table per engine table, each batch one write transaction
-//! committed with immediate durability (fsync) before the command is acknowledged.
+//! The engine's store on redb: the command log plus one table per engine table (the state
+//! after the last logged command: a snapshot). Each entry and its batch are one write
+//! transaction, committed with immediate durability (fsync) before the command is acknowledged.
+//! The next issue hands the log to openraft; until then it keeps the last [`LOG_KEEP`] entries.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use sealgate_hsm_core::{Snapshot, Store, StoreBatch, StoreError, StoreOp, Table};
@@ -9,6 +11,10 @@ const META: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("tombstones");
+const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("log");
+
+/// How many log entries a store keeps behind its snapshot.
+pub const LOG_KEEP: u64 = 4096;
 
 fn definition(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     match table {
@@ -75,27 +81,67 @@ impl Store for RedbStore {
 
     fn commit(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend)?;
-        for table in Table::ALL {
-            let mut t = tx.open_table(definition(table)).map_err(backend)?;
-            for op in &batch.ops {
-                match op {
-                    StoreOp::Put {
-                        table: ot,
-                        key,
-                        value,
-                    } if *ot == table => {
-                        t.insert(*key, value.as_slice()).map_err(backend)?;
-                    }
-                    StoreOp::Delete { table: ot, key } if *ot == table => {
-                        t.remove(*key).map_err(backend)?;
-                    }
-                    _ => {}
-                }
-            }
-            debug_assert_eq!(t.name(), table.name());
-        }
+        write_batch(&tx, batch)?;
         // Durability::Immediate (redb's default): the commit returns once fsynced.
-        tx.commit().map_err(backend)?;
-        Ok(())
+        tx.commit().map_err(backend)
     }
+
+    fn commit_entry(
+        &mut self,
+        index: u64,
+        command: &[u8],
+        batch: &StoreBatch,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(backend)?;
+            log.insert(index, command).map_err(backend)?;
+            if let Some(below) = index.checked_sub(LOG_KEEP) {
+                log.retain_in(..=below, |_, _| false).map_err(backend)?;
+            }
+        }
+        write_batch(&tx, batch)?;
+        tx.commit().map_err(backend)
+    }
+}
+
+impl RedbStore {
+    /// Log entries from `from` on, in order (encoded commands).
+    pub fn log_entries(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let log = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(backend(e)),
+        };
+        let mut out = Vec::new();
+        for row in log.range(from..).map_err(backend)? {
+            let (k, v) = row.map_err(backend)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn write_batch(tx: &redb::WriteTransaction, batch: &StoreBatch) -> Result<(), StoreError> {
+    for table in Table::ALL {
+        let mut t = tx.open_table(definition(table)).map_err(backend)?;
+        for op in &batch.ops {
+            match op {
+                StoreOp::Put {
+                    table: ot,
+                    key,
+                    value,
+                } if *ot == table => {
+                    t.insert(*key, value.as_slice()).map_err(backend)?;
+                }
+                StoreOp::Delete { table: ot, key } if *ot == table => {
+                    t.remove(*key).map_err(backend)?;
+                }
+                _ => {}
+            }
+        }
+        debug_assert_eq!(t.name(), table.name());
+    }
+    Ok(())
 }

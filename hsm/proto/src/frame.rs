@@ -98,7 +98,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, DecodeError> {
 /// Reads only the id at the start of a request frame, to answer a request whose body did not
 /// decode (an unknown message from a newer client, say).
 pub fn decode_request_id(bytes: &[u8]) -> Option<u64> {
-    postcard::take_from_bytes::<u64>(bytes).ok().map(|(id, _)| id)
+    postcard::take_from_bytes::<u64>(bytes)
+        .ok()
+        .map(|(id, _)| id)
 }
 
 /// Decodes a response frame from untrusted bytes.
@@ -200,7 +202,10 @@ mod tests {
         assert_eq!(negotiate(1, 9), Some(VERSION));
         assert_eq!(negotiate(2, 9), None);
         let hello = Hello::current("test");
-        assert_eq!(negotiate(hello.min_version, hello.max_version), Some(VERSION));
+        assert_eq!(
+            negotiate(hello.min_version, hello.max_version),
+            Some(VERSION)
+        );
     }
 
     #[test]

@@ -227,7 +227,8 @@ pub enum SignMechanism {
     Hmac(HashAlg),
 }
 
-const SIGN_NAMES: &str = "rsa-pkcs-HASH rsa-pss-HASH ecdsa-HASH ed25519 hmac-HASH (HASH: sha256 sha384 sha512)";
+const SIGN_NAMES: &str =
+    "rsa-pkcs-HASH rsa-pss-HASH ecdsa-HASH ed25519 hmac-HASH (HASH: sha256 sha384 sha512)";
 
 impl fmt::Display for SignMechanism {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -327,7 +328,10 @@ impl fmt::Display for WrapMechanism {
             Self::AesKeyWrap => f.write_str("aes-no-pad"),
             Self::AesKeyWrapPad => f.write_str("aes-zero-pad"),
             Self::RsaOaep(h) => write!(f, "rsa-oaep-{h}"),
-            Self::RsaAes { oaep, aes_bits: 256 } => write!(f, "rsa-aes-{oaep}"),
+            Self::RsaAes {
+                oaep,
+                aes_bits: 256,
+            } => write!(f, "rsa-aes-{oaep}"),
             Self::RsaAes { oaep, aes_bits } => write!(f, "rsa-aes{aes_bits}-{oaep}"),
         }
     }

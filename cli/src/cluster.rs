@@ -1,0 +1,420 @@
+//! `sealgate cluster init|activate|status`: create a cluster's files, turn the PRECO into the
+//! first crypto officer on every node, and show each node's health.
+
+use crate::credentials::{
+    self, ENV_CLUSTER, On, Target, Tty, connect_as, load_config, new_password, password,
+    password_from_file, process_env,
+};
+use crate::node;
+use crate::output::{Report, error};
+use clap::{Args, Subcommand};
+use sealgate_hsm_client::{ClientError, Credentials};
+use sealgate_hsm_proto::{ClusterInfo, ErrorKind, Health, Reply, Request};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// The PRECO's user name, fixed at initialization.
+const PRECO: &str = "admin";
+
+/// `sealgate cluster …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Create a new cluster's CA, node certificates and configuration files.
+    ///
+    /// JSON data: {"cluster_id", "dir", "ca_cert", "client_config", "node_configs": [..],
+    /// "preco_password_file", "next_steps": [..]}. The PRECO password itself is never printed.
+    Init(InitArgs),
+    /// Activate the cluster: log in as the PRECO "admin" with the one-time password and set the
+    /// new crypto-officer password, on every node.
+    ///
+    /// One-time password: --password-file FILE, else SEALGATE_PASSWORD, else a prompt. New
+    /// password: SEALGATE_NEW_PASSWORD, else a prompt asked twice.
+    ///
+    /// JSON data: {"nodes": [{"id", "result": "activated" | "already-activated"}]}.
+    Activate(ActivateArgs),
+    /// Show every node's health and cluster information (no login needed).
+    ///
+    /// JSON data: {"cluster_id", "nodes": [{"id", "address", "up", "health": {"applied_index",
+    /// "sessions", "connections", "queued", "writable"} | null, "info": {"cluster_id",
+    /// "initialized", "activated", "users", "keys", "applied_index"} | null, "error": text |
+    /// null}]}.
+    Status,
+}
+
+/// `cluster init`.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Directory for the files (created; must not hold a cluster already).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Number of nodes (1–28).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=28))]
+    pub(crate) nodes: u32,
+    /// Address the nodes listen on and clients connect to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    /// Port of node 1; node N listens on base-port + N - 1.
+    #[arg(long, default_value_t = sealgate_hsm_proto::DEFAULT_PORT)]
+    pub(crate) base_port: u16,
+}
+
+/// `cluster activate`.
+#[derive(Debug, Args)]
+pub(crate) struct ActivateArgs {
+    /// File holding the PRECO's one-time password (`cluster init` writes DIR/preco-password).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
+}
+
+/// Runs `cluster activate` or `cluster status` (`init` runs without a runtime: [`init`]).
+pub(crate) async fn run(command: ClusterCommand, target: &Target) -> anyhow::Result<Report> {
+    match command {
+        ClusterCommand::Init(args) => init(args),
+        ClusterCommand::Activate(args) => activate(&args, target).await,
+        ClusterCommand::Status => status(target).await,
+    }
+}
+
+/// `cluster init`.
+pub(crate) fn init(args: InitArgs) -> anyhow::Result<Report> {
+    let dir = args.dir.clone();
+    let made = node::init_cluster(args.dir, args.nodes, args.host, args.base_port)?;
+    let start: Vec<String> = made
+        .node_configs
+        .iter()
+        .map(|c| format!("sealgate node --config {}", c.display()))
+        .collect();
+    let activate = format!(
+        "{ENV_CLUSTER}={} sealgate cluster activate --password-file {}",
+        made.client_config.display(),
+        made.preco_password_file.display()
+    );
+    let mut next_steps = start.clone();
+    next_steps.push(activate.clone());
+    let data = json!({
+        "cluster_id": made.cluster_id,
+        "dir": dir.display().to_string(),
+        "ca_cert": made.ca_cert.display().to_string(),
+        "client_config": made.client_config.display().to_string(),
+        "node_configs": made.node_configs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "preco_password_file": made.preco_password_file.display().to_string(),
+        "next_steps": next_steps,
+    });
+    let mut text = format!(
+        "initialized cluster {} in {}\n",
+        made.cluster_id,
+        dir.display()
+    );
+    let _ = writeln!(text, "  CA certificate   {}", made.ca_cert.display());
+    let _ = writeln!(text, "  client config    {}", made.client_config.display());
+    for (i, c) in made.node_configs.iter().enumerate() {
+        let _ = writeln!(text, "  node {} config    {}", i + 1, c.display());
+    }
+    let _ = writeln!(
+        text,
+        "  PRECO password   in {} (one-time; user \"{PRECO}\")",
+        made.preco_password_file.display()
+    );
+    let _ = writeln!(text, "next steps:");
+    let _ = writeln!(
+        text,
+        "  1. start each node (each in its own terminal or service):"
+    );
+    for s in &start {
+        let _ = writeln!(text, "       {s}");
+    }
+    let _ = writeln!(
+        text,
+        "  2. activate the cluster (sets the crypto officer's password):"
+    );
+    let _ = writeln!(text, "       {activate}");
+    Ok(Report::new(data, text))
+}
+
+/// What activation did on one node.
+fn node_failure(id: u32, e: &ClientError) -> (&'static str, String) {
+    (
+        e.kind().map_or("connection", |k| k.as_str()),
+        format!("node {id}: {e}"),
+    )
+}
+
+fn is_login_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ClientError>()
+        .is_some_and(|c| c.kind() == Some(ErrorKind::LoginFailed))
+}
+
+/// Whether a node answers that the cluster is activated (no login needed).
+async fn already_activated(config: sealgate_hsm_client::ClientConfig) -> bool {
+    let Ok(client) = connect_as(config, None).await else {
+        return false;
+    };
+    let activated = matches!(
+        client.call(Request::Info).await,
+        Ok(Reply::Info(ClusterInfo {
+            activated: true,
+            ..
+        }))
+    );
+    client.close().await;
+    activated
+}
+
+async fn activate(args: &ActivateArgs, target: &Target) -> anyhow::Result<Report> {
+    let config = load_config(target)?;
+    let ids: Vec<u32> = config.nodes.iter().map(|n| n.id).collect();
+    let one_time = match &args.password_file {
+        Some(path) => password_from_file(path)?,
+        None => password(PRECO, &process_env, &Tty)?,
+    };
+    let new = new_password("the crypto officer \"admin\"", &process_env, &Tty)?;
+    let client = match connect_as(
+        config.clone(),
+        Some(Credentials {
+            user: PRECO.to_owned(),
+            password: one_time,
+        }),
+    )
+    .await
+    {
+        Ok(client) => client,
+        Err(e) if is_login_failure(&e) && already_activated(config).await => {
+            return Err(e.context(
+                "the cluster is already activated: the one-time password works no more; \
+                 \"admin\" is a crypto officer with the password set then",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for id in ids {
+        let request = Request::Activate {
+            new_password: new.clone(),
+        };
+        match client.call_on(id, request).await {
+            Ok(Reply::Done) => results.push(json!({"id": id, "result": "activated"})),
+            Ok(other) => failures.push((
+                "failed",
+                format!("node {id}: {}", credentials::unexpected(&other)),
+            )),
+            Err(e) if e.kind() == Some(ErrorKind::WrongClusterState) => {
+                // Already activated (a re-run, or replication got there first)?
+                match client.call_on(id, Request::Info).await {
+                    Ok(Reply::Info(info)) if info.activated => {
+                        results.push(json!({"id": id, "result": "already-activated"}));
+                    }
+                    _ => failures.push(node_failure(id, &e)),
+                }
+            }
+            Err(e) => failures.push(node_failure(id, &e)),
+        }
+    }
+    client.close().await;
+    if let Some(&(kind, _)) = failures.first() {
+        let message = failures
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(error(kind, format!("activation failed: {message}")));
+    }
+    let mut text = String::new();
+    for r in &results {
+        let _ = writeln!(
+            text,
+            "node {}: {}",
+            r["id"],
+            r["result"].as_str().unwrap_or_default().replace('-', " ")
+        );
+    }
+    text.push_str("the cluster is active; \"admin\" is now a crypto officer with the new password");
+    Ok(Report::new(json!({"nodes": results}), text))
+}
+
+fn health_json(h: &Health) -> Value {
+    json!({
+        "applied_index": h.applied_index,
+        "sessions": h.sessions,
+        "connections": h.connections,
+        "queued": h.queued,
+        "writable": h.writable,
+    })
+}
+
+fn info_json(i: &ClusterInfo) -> Value {
+    json!({
+        "cluster_id": i.cluster_id,
+        "initialized": i.initialized,
+        "activated": i.activated,
+        "users": i.users,
+        "keys": i.token_keys,
+        "applied_index": i.applied_index,
+    })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// One node's line of `cluster status`.
+fn status_line(
+    id: u32,
+    address: &str,
+    health: Option<&Health>,
+    info: Option<&ClusterInfo>,
+    err: Option<&str>,
+) -> String {
+    let mut line = format!("node {id}  {address}  ");
+    match health {
+        Some(h) => {
+            let _ = write!(
+                line,
+                "up    applied {}  sessions {}  connections {}  queued {}  writable {}",
+                h.applied_index,
+                h.sessions,
+                h.connections,
+                h.queued,
+                yes(h.writable)
+            );
+        }
+        None => line.push_str("down"),
+    }
+    if let Some(i) = info {
+        let _ = write!(
+            line,
+            "  initialized {}  activated {}  users {}  keys {}",
+            yes(i.initialized),
+            yes(i.activated),
+            i.users,
+            i.token_keys
+        );
+    }
+    if let Some(e) = err {
+        let _ = write!(line, "  ({e})");
+    }
+    line
+}
+
+async fn status(target: &Target) -> anyhow::Result<Report> {
+    let config = load_config(target)?;
+    let endpoints = config.nodes.clone();
+    let configured_id = config.cluster_id.clone();
+    let client = connect_as(config, None).await?;
+    let mut nodes = Vec::new();
+    let mut lines = Vec::new();
+    let mut cluster_id = configured_id;
+    let mut answered = 0usize;
+    for ep in &endpoints {
+        let health = match credentials::call(&client, On::Node(ep.id), Request::Health).await {
+            Ok(Reply::Health(h)) => Ok(h),
+            Ok(other) => Err(credentials::unexpected(&other).to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let info = match credentials::call(&client, On::Node(ep.id), Request::Info).await {
+            Ok(Reply::Info(i)) => Ok(i),
+            Ok(other) => Err(credentials::unexpected(&other).to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let (health, info, err) = match (health, info) {
+            (Ok(h), Ok(i)) => (Some(h), Some(i), None),
+            (Ok(h), Err(e)) => (Some(h), None, Some(e)),
+            (Err(e), Ok(i)) => (None, Some(i), Some(e)),
+            (Err(e), Err(_)) => {
+                // "node N is down": the client's last error with it says why.
+                let why = client
+                    .nodes()
+                    .into_iter()
+                    .find(|n| n.id == ep.id)
+                    .and_then(|n| n.last_error)
+                    .filter(|last| !e.contains(last.as_str()));
+                (
+                    None,
+                    None,
+                    Some(why.map_or(e.clone(), |w| format!("{e}: {w}"))),
+                )
+            }
+        };
+        if health.is_some() || info.is_some() {
+            answered += 1;
+        }
+        if cluster_id.is_none() {
+            cluster_id = info.as_ref().and_then(|i| i.cluster_id.clone());
+        }
+        let address = ep.address.to_string();
+        lines.push(status_line(
+            ep.id,
+            &address,
+            health.as_ref(),
+            info.as_ref(),
+            err.as_deref(),
+        ));
+        nodes.push(json!({
+            "id": ep.id,
+            "address": address,
+            "up": health.is_some(),
+            "health": health.as_ref().map(health_json),
+            "info": info.as_ref().map(info_json),
+            "error": err,
+        }));
+    }
+    client.close().await;
+    if answered == 0 {
+        return Err(error(
+            "connection",
+            format!("no node answered: {}", lines.join("; ")),
+        ));
+    }
+    let header = format!(
+        "cluster {}",
+        cluster_id.as_deref().unwrap_or("(not initialized)")
+    );
+    let text = std::iter::once(header)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(Report::new(
+        json!({"cluster_id": cluster_id, "nodes": nodes}),
+        text,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_show_health_and_info() {
+        let h = Health {
+            node_id: 1,
+            applied_index: 7,
+            sessions: 2,
+            connections: 3,
+            queued: 0,
+            writable: true,
+        };
+        let i = ClusterInfo {
+            node_id: 1,
+            cluster_id: Some("abcd".into()),
+            initialized: true,
+            activated: false,
+            users: 2,
+            token_keys: 5,
+            applied_index: 7,
+        };
+        let line = status_line(1, "127.0.0.1:2225", Some(&h), Some(&i), None);
+        assert!(line.contains("up") && line.contains("applied 7"), "{line}");
+        assert!(
+            line.contains("activated no") && line.contains("keys 5"),
+            "{line}"
+        );
+        let line = status_line(2, "127.0.0.1:2226", None, None, Some("connection refused"));
+        assert!(
+            line.contains("down") && line.contains("connection refused"),
+            "{line}"
+        );
+        assert_eq!(health_json(&h)["writable"], json!(true));
+        assert_eq!(info_json(&i)["keys"], json!(5));
+    }
+}

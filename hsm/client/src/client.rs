@@ -1,0 +1,392 @@
+//! [`Client`]: connects to every node, logs in, and sends each request to a lightly loaded
+//! healthy node (power of two choices), retrying `busy` answers and failing over requests that
+//! are safe to repeat.
+
+use crate::config::ClientConfig;
+use crate::connection::{self, Connection, lock};
+use crate::error::ClientError;
+use crate::node::{self, Node, Settings, Shared};
+use crate::tls;
+use futures_util::future::join_all;
+use rand::RngExt;
+use sealgate_hsm_proto::{Reply, Request, Secret};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Longest wait for a logout answer when closing.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A user name and password. The password stays a [`Secret`] (zeroized on drop, never printed);
+/// the client keeps it to log in again after a node reconnects.
+pub struct Credentials {
+    /// The user's name.
+    pub user: String,
+    /// The user's password.
+    pub password: Secret,
+}
+
+impl Credentials {
+    /// Credentials of `user`.
+    pub fn new(user: impl Into<String>, password: Secret) -> Self {
+        Self {
+            user: user.into(),
+            password,
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// A snapshot of one node, from [`Client::nodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: u32,
+    /// Its address.
+    pub address: SocketAddr,
+    /// Whether it is connected, logged in and passing health checks.
+    pub up: bool,
+    /// Requests sent to it and not answered yet (health checks included).
+    pub outstanding: usize,
+    /// Requests sent to it (every try counts, logins included; health checks do not).
+    pub sent: u64,
+    /// Requests that failed on it (connection lost, timeout) and were offered to another node.
+    pub failovers: u64,
+    /// `busy` (or `unavailable`) answers from it that were retried.
+    pub retries: u64,
+    /// The last failure: why it went down, why a reconnect failed.
+    pub last_error: Option<String>,
+}
+
+/// A client of an HSM cluster: one connection per node, pipelined. Cheap to clone (every
+/// clone shares the connections); the connections and background tasks end with
+/// [`Client::close`] or when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Arc<Node>>,
+    shared: Arc<Shared>,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the background tasks; the connections close as the nodes are dropped.
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("nodes", &self.nodes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to every node of `config` in parallel (mutual TLS 1.3 with the cluster CA,
+    /// server name from each endpoint), says hello, and logs in with `credentials` if given.
+    ///
+    /// Login goes to one node first, and to the others only if it succeeds, so a wrong
+    /// password costs one failed login, not one per node; that node's refusal
+    /// (`login-failed`, `user-locked`) is returned. Succeeds if at least one node is up; the
+    /// others are reconnected in the background.
+    pub async fn connect(
+        config: ClientConfig,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, ClientError> {
+        let tls = TlsConnector::from(tls::client_config(&config)?);
+        for endpoint in &config.nodes {
+            connection::server_name(endpoint)?;
+        }
+        if config.nodes.is_empty() {
+            return Err(ClientError::NoNodeAvailable);
+        }
+        let settings = Settings {
+            request_timeout: config.request_timeout,
+            connect_timeout: config.connect_timeout,
+            health_interval: config.health_interval,
+            busy_retries: config.busy_retries,
+        };
+        let shared = Arc::new(Shared {
+            tls,
+            credentials,
+            settings,
+            shutdown: CancellationToken::new(),
+        });
+        let nodes: Vec<Arc<Node>> = config
+            .nodes
+            .into_iter()
+            .map(|endpoint| Arc::new(Node::new(endpoint)))
+            .collect();
+        // From here on, an early return drops the client, which ends everything it started.
+        let client = Self {
+            inner: Arc::new(Inner {
+                nodes,
+                shared: Arc::clone(&shared),
+                supervisors: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        let nodes = &client.inner.nodes;
+
+        let opened =
+            join_all(nodes.iter().map(|node| {
+                connection::open(&node.endpoint, &shared.tls, settings.connect_timeout)
+            }))
+            .await;
+        let mut first_error = None;
+        let mut conns: Vec<(&Arc<Node>, Arc<Connection>)> = Vec::new();
+        for (node, result) in nodes.iter().zip(opened) {
+            match result {
+                Ok(conn) => conns.push((node, Arc::new(conn))),
+                Err(error) => {
+                    debug!(node = node.id(), "connect failed: {error}");
+                    node.record_error(&error);
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+
+        if let Some(credentials) = &shared.credentials {
+            // One node first: a wrong password must cost one failed login, not one per node.
+            let mut rest = conns.into_iter();
+            let mut first = None;
+            for (node, conn) in rest.by_ref() {
+                match node::login(node, &conn, credentials, &settings).await {
+                    Ok(()) => {
+                        first = Some((node, conn));
+                        break;
+                    }
+                    Err(error) if node::login_refused(&error) => return Err(error),
+                    Err(error) => {
+                        // Busy, or no answer (the node failed meanwhile): try the next node.
+                        conn.close("login was interrupted");
+                        node.record_error(&error);
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            let Some(first) = first else {
+                return Err(first_error.unwrap_or(ClientError::NoNodeAvailable));
+            };
+            let rest: Vec<_> = rest.collect();
+            let logins = join_all(
+                rest.iter()
+                    .map(|(node, conn)| node::login(node, conn, credentials, &settings)),
+            )
+            .await;
+            conns = vec![first];
+            for ((node, conn), login) in rest.into_iter().zip(logins) {
+                match login {
+                    Ok(()) => conns.push((node, conn)),
+                    Err(error) => {
+                        conn.close("login failed");
+                        if node::login_refused(&error) {
+                            node.park(&error);
+                        } else {
+                            node.record_error(&error);
+                        }
+                    }
+                }
+            }
+        }
+
+        if conns.is_empty() {
+            return Err(first_error.unwrap_or(ClientError::NoNodeAvailable));
+        }
+        for (node, conn) in conns {
+            node.mark_up(conn);
+        }
+        let supervisors = nodes
+            .iter()
+            .map(|node| tokio::spawn(node::supervise(Arc::clone(node), Arc::clone(&shared))))
+            .collect();
+        *lock(&client.inner.supervisors) = supervisors;
+        Ok(client)
+    }
+
+    /// Sends `request` to a healthy node chosen by power of two choices on outstanding
+    /// requests, and returns its answer.
+    ///
+    /// A `busy` (or `unavailable`) answer is retried up to `busy_retries` times with
+    /// exponential backoff and jitter, on another node when there is one. If the node fails
+    /// (connection lost, no answer within `request_timeout`), a request that is safe to repeat
+    /// ([`Request::is_idempotent`]) is sent to another healthy node, at most once per node;
+    /// any other request fails with [`ClientError::Interrupted`] and is never sent twice.
+    pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        self.check(&request)?;
+        let settings = self.inner.shared.settings;
+        let mut failed: Vec<u32> = Vec::new();
+        let mut avoid = None;
+        let mut retries = 0;
+        let mut last_error = None;
+        loop {
+            let Some((node, conn)) = self.inner.pick(&failed, avoid) else {
+                return Err(last_error.unwrap_or(ClientError::NoNodeAvailable));
+            };
+            let failure = match node
+                .attempt(&conn, &request, settings.request_timeout)
+                .await
+            {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error))
+                    if node::refused_unrun(error.kind) && retries < settings.busy_retries =>
+                {
+                    retries += 1;
+                    node.count_retry();
+                    avoid = Some(node.id());
+                    debug!(
+                        node = node.id(),
+                        request = request.name(),
+                        retries,
+                        "retrying: {error}"
+                    );
+                    tokio::time::sleep(node::busy_backoff(retries)).await;
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    return Err(ClientError::Node {
+                        node: node.id(),
+                        error,
+                    });
+                }
+                Err(failure) => failure,
+            };
+            let error = node::failure_error(node.id(), &request, failure);
+            if matches!(
+                error,
+                ClientError::Interrupted { .. } | ClientError::RequestTooLarge { .. }
+            ) {
+                return Err(error);
+            }
+            node.count_failover();
+            debug!(
+                node = node.id(),
+                request = request.name(),
+                "failing over: {error}"
+            );
+            failed.push(node.id());
+            last_error = Some(error);
+        }
+    }
+
+    /// Sends `request` to node `node_id` only: no failover (node-local session keys, per-node
+    /// administration); `busy` answers are still retried on that node.
+    pub async fn call_on(&self, node_id: u32, request: Request) -> Result<Reply, ClientError> {
+        self.check(&request)?;
+        let node = self
+            .inner
+            .nodes
+            .iter()
+            .find(|node| node.id() == node_id)
+            .ok_or(ClientError::UnknownNode { node: node_id })?;
+        node::pinned(node, &request, &self.inner.shared.settings, || {
+            node.connection()
+        })
+        .await
+    }
+
+    /// A snapshot of every node, in configuration order.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.inner.nodes.iter().map(|node| node.status()).collect()
+    }
+
+    /// Logs out of every node, closes every connection and stops the background tasks.
+    /// Requests still in flight fail. Later calls answer [`ClientError::Closed`].
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.shared.shutdown.cancel();
+        let supervisors = std::mem::take(&mut *lock(&self.inner.supervisors));
+        for supervisor in supervisors {
+            let _ = supervisor.await;
+        }
+        let logout = self.inner.shared.credentials.is_some();
+        let timeout = self
+            .inner
+            .shared
+            .settings
+            .request_timeout
+            .min(LOGOUT_TIMEOUT);
+        join_all(self.inner.nodes.iter().map(|node| async move {
+            if let Some(conn) = node.take_connection() {
+                if logout {
+                    let _ = conn.request(&Request::Logout, timeout).await;
+                }
+                conn.close_and_wait("the client was closed").await;
+            }
+        }))
+        .await;
+    }
+
+    fn check(&self, request: &Request) -> Result<(), ClientError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        match request {
+            Request::Hello(_) | Request::Login { .. } | Request::Logout => {
+                Err(ClientError::Managed {
+                    request: request.name(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    /// Power of two choices among the healthy nodes not in `failed`, away from `avoid` when
+    /// another node is available: two distinct nodes at random, the one with fewer requests
+    /// outstanding.
+    fn pick(&self, failed: &[u32], avoid: Option<u32>) -> Option<(Arc<Node>, Arc<Connection>)> {
+        let mut up: Vec<(&Arc<Node>, Arc<Connection>)> = self
+            .nodes
+            .iter()
+            .filter(|node| !failed.contains(&node.id()))
+            .filter_map(|node| node.connection().map(|conn| (node, conn)))
+            .collect();
+        if let Some(avoid) = avoid
+            && up.iter().any(|(node, _)| node.id() != avoid)
+        {
+            up.retain(|(node, _)| node.id() != avoid);
+        }
+        let chosen = match up.len() {
+            0 => return None,
+            1 => 0,
+            len => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..len);
+                let mut b = rng.random_range(0..len - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let load = |i: usize| up.get(i).map_or(usize::MAX, |(_, conn)| conn.in_flight());
+                if load(b) < load(a) { b } else { a }
+            }
+        };
+        up.into_iter()
+            .nth(chosen)
+            .map(|(node, conn)| (Arc::clone(node), conn))
+    }
+}

@@ -1,0 +1,405 @@
+//! One node as the client sees it: its connection (when up), counters, last error, and the
+//! background task that checks its health and reconnects (with re-login) when it is down.
+
+use crate::client::{Credentials, NodeStatus};
+use crate::config::NodeEndpoint;
+use crate::connection::{self, Connection, Failure, lock};
+use crate::error::ClientError;
+use rand::RngExt;
+use sealgate_hsm_proto::{ErrorKind, Reply, Request};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// First wait before reconnecting a node that went down.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// First wait before retrying a `busy` answer; doubles on every retry.
+const BUSY_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest wait before retrying a `busy` answer.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The timing and retry settings, from [`ClientConfig`](crate::ClientConfig).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) health_interval: Duration,
+    pub(crate) busy_retries: u32,
+}
+
+/// What every node's background task needs; holds no reference to the client itself, so the
+/// client's last handle going away cancels `shutdown` and the tasks end.
+pub(crate) struct Shared {
+    pub(crate) tls: TlsConnector,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) settings: Settings,
+    pub(crate) shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct NodeState {
+    /// The connection, while the node is up.
+    conn: Option<Arc<Connection>>,
+    /// The last failure, for [`NodeStatus`].
+    last_error: Option<String>,
+    /// The node refused the credentials: no more login attempts (they count toward lockout).
+    parked: bool,
+}
+
+/// One node.
+pub(crate) struct Node {
+    pub(crate) endpoint: NodeEndpoint,
+    state: Mutex<NodeState>,
+    sent: AtomicU64,
+    failovers: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Node {
+    pub(crate) fn new(endpoint: NodeEndpoint) -> Self {
+        Self {
+            endpoint,
+            state: Mutex::new(NodeState::default()),
+            sent: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.endpoint.id
+    }
+
+    /// The connection if the node is up.
+    pub(crate) fn connection(&self) -> Option<Arc<Connection>> {
+        lock(&self.state)
+            .conn
+            .as_ref()
+            .filter(|conn| !conn.is_closed())
+            .map(Arc::clone)
+    }
+
+    /// Marks the node up on `conn`.
+    pub(crate) fn mark_up(&self, conn: Arc<Connection>) {
+        lock(&self.state).conn = Some(conn);
+        info!(node = self.id(), address = %self.endpoint.address, "hsm node up");
+    }
+
+    /// Marks the node down if `conn` is still its connection, and closes `conn` (failing its
+    /// requests in flight, which then fail over).
+    fn mark_down(&self, conn: &Arc<Connection>, reason: String) {
+        {
+            let mut state = lock(&self.state);
+            if state
+                .conn
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, conn))
+            {
+                state.conn = None;
+                warn!(node = self.id(), address = %self.endpoint.address, %reason, "hsm node down");
+                state.last_error = Some(reason.clone());
+            }
+        }
+        conn.close(&reason);
+    }
+
+    /// Takes the connection away (the client is closing).
+    pub(crate) fn take_connection(&self) -> Option<Arc<Connection>> {
+        lock(&self.state).conn.take()
+    }
+
+    /// Records a failure for [`NodeStatus`].
+    pub(crate) fn record_error(&self, error: &ClientError) {
+        lock(&self.state).last_error = Some(error.to_string());
+    }
+
+    /// The node refused the credentials: record why and stop logging in to it.
+    pub(crate) fn park(&self, error: &ClientError) {
+        let reason = format!(
+            "login refused: {error}; not retrying with these credentials (failed logins count \
+             toward lockout)"
+        );
+        warn!(node = self.id(), "{reason}");
+        let mut state = lock(&self.state);
+        state.parked = true;
+        state.last_error = Some(reason);
+    }
+
+    fn is_parked(&self) -> bool {
+        lock(&self.state).parked
+    }
+
+    /// Sends one request on `conn`, counting it.
+    pub(crate) async fn attempt(
+        &self,
+        conn: &Connection,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Result<Reply, sealgate_hsm_proto::Error>, Failure> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        conn.request(request, timeout).await
+    }
+
+    /// Counts a request that failed here and was offered to another node.
+    pub(crate) fn count_failover(&self) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a retry after this node refused a request it did not run (busy).
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        let state = lock(&self.state);
+        let conn = state.conn.as_ref().filter(|conn| !conn.is_closed());
+        // A connection that just ended, before the background task has noticed.
+        let ended = state.conn.as_ref().filter(|conn| conn.is_closed());
+        NodeStatus {
+            id: self.id(),
+            address: self.endpoint.address,
+            up: conn.is_some(),
+            outstanding: conn.map_or(0, |conn| conn.in_flight()),
+            sent: self.sent.load(Ordering::Relaxed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            last_error: ended
+                .map(|conn| conn.close_reason())
+                .or_else(|| state.last_error.clone()),
+        }
+    }
+}
+
+/// Whether the node refused the request without running it, so it may be sent again (after a
+/// pause, preferably elsewhere) whatever it is. `too-many-in-flight` belongs here: the node
+/// frees its slot only after the answer is on the wire, so a client at the limit can race it.
+pub(crate) fn refused_unrun(kind: ErrorKind) -> bool {
+    kind.is_retryable() || kind == ErrorKind::TooManyInFlight
+}
+
+/// Whether a node answered a login with a refusal that another try would only repeat (wrong
+/// password, locked or deleted user), as opposed to busy or no answer.
+pub(crate) fn login_refused(error: &ClientError) -> bool {
+    matches!(error, ClientError::Node { error, .. } if !refused_unrun(error.kind))
+}
+
+/// The pause before busy retry number `attempt` (1, 2, …): 5 ms doubling, capped at 1 s,
+/// with ±50 % jitter so clients do not retry in lockstep.
+pub(crate) fn busy_backoff(attempt: u32) -> Duration {
+    let base = BUSY_BACKOFF
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(BUSY_BACKOFF_MAX);
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+/// The error for a request that got no answer from `node`.
+pub(crate) fn failure_error(node: u32, request: &Request, failure: Failure) -> ClientError {
+    match failure {
+        Failure::TooLarge { len, max } => ClientError::RequestTooLarge {
+            request: request.name(),
+            len,
+            max,
+        },
+        Failure::NotSent => ClientError::NodeDown { node },
+        _ if failure.maybe_applied() && !request.is_idempotent() => ClientError::Interrupted {
+            node,
+            request: request.name(),
+        },
+        Failure::Timeout { .. } => ClientError::Timeout { node },
+        Failure::Lost => ClientError::Disconnected { node },
+    }
+}
+
+/// Sends `request` to `node` on the connection `conn` gives (asked again before every try),
+/// retrying refusals of unrun requests (busy) up to the configured count, with backoff. No
+/// failover.
+pub(crate) async fn pinned(
+    node: &Node,
+    request: &Request,
+    settings: &Settings,
+    conn: impl Fn() -> Option<Arc<Connection>>,
+) -> Result<Reply, ClientError> {
+    let mut retries = 0;
+    loop {
+        let current = conn().ok_or(ClientError::NodeDown { node: node.id() })?;
+        match node
+            .attempt(&current, request, settings.request_timeout)
+            .await
+        {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(error)) if refused_unrun(error.kind) && retries < settings.busy_retries => {
+                retries += 1;
+                node.count_retry();
+                debug!(
+                    node = node.id(),
+                    request = request.name(),
+                    retries,
+                    "retrying: {error}"
+                );
+                tokio::time::sleep(busy_backoff(retries)).await;
+            }
+            Ok(Err(error)) => {
+                return Err(ClientError::Node {
+                    node: node.id(),
+                    error,
+                });
+            }
+            Err(failure) => return Err(failure_error(node.id(), request, failure)),
+        }
+    }
+}
+
+/// Logs `conn` in with `credentials`.
+pub(crate) async fn login(
+    node: &Node,
+    conn: &Arc<Connection>,
+    credentials: &Credentials,
+    settings: &Settings,
+) -> Result<(), ClientError> {
+    let request = Request::Login {
+        user: credentials.user.clone(),
+        password: credentials.password.clone(),
+    };
+    pinned(node, &request, settings, || Some(Arc::clone(conn)))
+        .await
+        .map(|_| ())
+}
+
+/// Connects to `node`, says hello and logs in (if the client has credentials).
+pub(crate) async fn establish(
+    node: &Node,
+    shared: &Shared,
+) -> Result<Arc<Connection>, ClientError> {
+    let conn = Arc::new(
+        connection::open(&node.endpoint, &shared.tls, shared.settings.connect_timeout).await?,
+    );
+    if let Some(credentials) = &shared.credentials {
+        login(node, &conn, credentials, &shared.settings).await?;
+    }
+    Ok(conn)
+}
+
+/// The node's background task, until the client closes: while the node is up, checks its
+/// health every `health_interval` and marks it down when the check fails or the connection
+/// ends; while it is down, reconnects with exponential backoff (100 ms doubling to 5 s),
+/// logs in again, and marks it up.
+pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
+    let settings = shared.settings;
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let current = lock(&node.state).conn.clone();
+        if let Some(conn) = current {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = conn.closed() => {
+                    let reason = conn.close_reason();
+                    node.mark_down(&conn, reason);
+                }
+                () = tokio::time::sleep(settings.health_interval) => {
+                    let check = tokio::select! {
+                        () = shared.shutdown.cancelled() => return,
+                        check = conn.request(&Request::Health, settings.request_timeout) => check,
+                    };
+                    let problem = match check {
+                        Ok(Ok(Reply::Health(_))) => None,
+                        Ok(Ok(_)) => Some("health check: unexpected answer".to_owned()),
+                        Ok(Err(error)) => Some(format!("health check refused: {error}")),
+                        Err(Failure::Timeout { .. }) => Some(format!(
+                            "health check: no answer within {:?}",
+                            settings.request_timeout
+                        )),
+                        Err(_) => Some(format!("health check: {}", conn.close_reason())),
+                    };
+                    if let Some(reason) = problem {
+                        node.mark_down(&conn, reason);
+                    }
+                }
+            }
+            continue;
+        }
+        if node.is_parked() {
+            return;
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        let attempt = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            attempt = establish(&node, &shared) => attempt,
+        };
+        match attempt {
+            Ok(conn) => {
+                backoff = RECONNECT_MIN;
+                node.mark_up(conn);
+            }
+            Err(error) if login_refused(&error) => {
+                // The node refused the login (password changed, user locked or deleted).
+                // Trying again would only add failed logins.
+                node.park(&error);
+                return;
+            }
+            Err(error) => {
+                debug!(node = node.id(), "reconnect failed: {error}");
+                node.record_error(&error);
+                backoff = backoff.saturating_mul(2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..=3u32 {
+            let base = 5.0 * f64::from(1u32 << (attempt - 1));
+            for _ in 0..100 {
+                let ms = busy_backoff(attempt).as_secs_f64() * 1000.0;
+                assert!(ms >= base * 0.5 && ms <= base * 1.5, "{attempt}: {ms}");
+            }
+        }
+        assert!(busy_backoff(u32::MAX) <= BUSY_BACKOFF_MAX.mul_f64(1.5));
+    }
+
+    #[test]
+    fn only_writes_that_may_have_run_are_interrupted() {
+        let write = Request::DeleteKey { handle: 1 };
+        let read = Request::Random { len: 1 };
+        assert!(matches!(
+            failure_error(2, &write, Failure::Lost),
+            ClientError::Interrupted {
+                node: 2,
+                request: "delete-key"
+            }
+        ));
+        assert!(matches!(
+            failure_error(2, &write, Failure::Timeout { sent: true }),
+            ClientError::Interrupted { .. }
+        ));
+        assert!(matches!(
+            failure_error(2, &write, Failure::NotSent),
+            ClientError::NodeDown { node: 2 }
+        ));
+        assert!(matches!(
+            failure_error(2, &read, Failure::Lost),
+            ClientError::Disconnected { node: 2 }
+        ));
+        assert!(matches!(
+            failure_error(2, &read, Failure::Timeout { sent: true }),
+            ClientError::Timeout { node: 2 }
+        ));
+        let message = failure_error(2, &write, Failure::Lost).to_string();
+        assert!(
+            message.contains("may or may not have been applied"),
+            "{message}"
+        );
+    }
+}

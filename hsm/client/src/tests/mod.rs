@@ -1,0 +1,620 @@
+//! The client against fake nodes on 127.0.0.1 (real mutual TLS, the real protocol): pipelining,
+//! busy retries, failover, interrupted writes, health and reconnection, login strikes, close.
+
+mod fake;
+
+use crate::{Client, ClientError, Credentials, ErrorKind, NodeStatus, Reply, Request, Secret};
+use fake::{FakeNode, PASSWORD, Pki};
+use sealgate_hsm_proto::HashAlg;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Every test finishes within this, or fails.
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("test timed out")
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("never happened: {what}"));
+}
+
+fn alice(password: &str) -> Option<Credentials> {
+    Some(Credentials::new("alice", Secret::new(password.into())))
+}
+
+/// A digest the fake node answers after `delay` × 10 ms with `[node, delay, tag]`.
+fn digest(delay: u8, tag: u8) -> Request {
+    Request::Digest {
+        hash: HashAlg::Sha256,
+        data: vec![delay, tag],
+    }
+}
+
+fn data(reply: Reply) -> Vec<u8> {
+    match reply {
+        Reply::Data(data) => data,
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+fn status(client: &Client, id: u32) -> NodeStatus {
+    client.nodes().into_iter().find(|n| n.id == id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_out_of_order_on_one_connection() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for (tag, delay) in [(1u8, 30u8), (2, 15), (3, 0)] {
+            let client = client.clone();
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let reply = client.call_on(1, digest(delay, tag)).await.unwrap();
+                assert_eq!(
+                    data(reply),
+                    vec![1, delay, tag],
+                    "answer matched to its request"
+                );
+                done_tx.send(tag).unwrap();
+            });
+            // Make the send order certain.
+            eventually("request sent", || {
+                node.ctl.count("digest") == usize::from(tag)
+            })
+            .await;
+        }
+        drop(done_tx);
+        let mut order = Vec::new();
+        while let Some(tag) = done.recv().await {
+            order.push(tag);
+        }
+        assert_eq!(
+            order,
+            vec![3, 2, 1],
+            "answers come back as the node finishes them"
+        );
+
+        // Many at once, all matched to the right request.
+        let calls = (0..200u32).map(|i| {
+            let client = client.clone();
+            async move {
+                let tag = (i % 256) as u8;
+                let reply = client.call(digest((i % 3) as u8, tag)).await.unwrap();
+                assert_eq!(data(reply), vec![1, (i % 3) as u8, tag]);
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        assert_eq!(
+            node.ctl.accepted.load(Ordering::SeqCst),
+            1,
+            "one connection"
+        );
+        let status = status(&client, 1);
+        assert!(status.up);
+        assert_eq!(status.sent, 1 + 3 + 200, "login, 3 pinned, 200 calls");
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_is_retried_then_succeeds() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        node.ctl.busy.store(2, Ordering::SeqCst);
+        let reply = client.call(Request::Random { len: 4 }).await.unwrap();
+        assert_eq!(data(reply), vec![1; 4]);
+        assert_eq!(node.ctl.count("random"), 3);
+        assert_eq!(status(&client, 1).retries, 2);
+
+        // call_on retries busy too (on the same node).
+        node.ctl.busy.store(1, Ordering::SeqCst);
+        client.call_on(1, Request::Random { len: 1 }).await.unwrap();
+        assert_eq!(node.ctl.count("random"), 5);
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_after_every_retry_is_an_error_of_kind_busy() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        node.ctl.busy.store(100, Ordering::SeqCst);
+        let error = client.call(Request::Random { len: 4 }).await.unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::Busy));
+        assert_eq!(
+            error.to_string(),
+            "node is busy; retry later",
+            "the node's message"
+        );
+        assert_eq!(
+            node.ctl.count("random"),
+            1 + 3,
+            "first try and busy_retries = 3"
+        );
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_is_retried_on_another_node() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            a.ctl.busy.store(1, Ordering::SeqCst);
+            let reply = client.call(Request::Random { len: 1 }).await.unwrap();
+            assert_eq!(data(reply), vec![2], "only node 2 answers");
+        }
+        assert_eq!(
+            b.ctl.count("random"),
+            20,
+            "never a second try on the busy node"
+        );
+        assert!(
+            a.ctl.count("random") >= 1,
+            "node 1 was chosen at least once"
+        );
+        assert_eq!(status(&client, 1).retries as usize, a.ctl.count("random"));
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_fail_over_when_a_node_drops_the_connection() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        *a.ctl.drop_on.lock().unwrap() = Some("digest");
+        let calls = (0..16u8).map(|tag| {
+            let client = client.clone();
+            async move {
+                // 50 ms each, so several are in flight together and both nodes get some.
+                let reply = client.call(digest(5, tag)).await.unwrap();
+                let data = data(reply);
+                assert_eq!(data[1..], [5, tag]);
+                data[0]
+            }
+        });
+        let answered_by = futures_util::future::join_all(calls).await;
+        assert!(
+            a.ctl.count("digest") >= 1,
+            "node 1 got requests before it dropped"
+        );
+        assert_eq!(answered_by.len(), 16, "no request lost");
+        let failovers = status(&client, 1).failovers;
+        assert!(
+            failovers >= 1,
+            "requests in flight on node 1 went to node 2"
+        );
+        assert_eq!(
+            b.ctl.count("digest"),
+            answered_by.iter().filter(|n| **n == 2).count(),
+            "every request node 2 saw was answered once"
+        );
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_dying_node_is_interrupted_and_never_repeated() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        // Load node 2 so power of two choices picks node 1 for the write.
+        let slow: Vec<_> = (0..3u8)
+            .map(|tag| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call_on(2, digest(50, tag)).await })
+            })
+            .collect();
+        eventually("node 2 loaded", || status(&client, 2).outstanding >= 3).await;
+        *a.ctl.drop_on.lock().unwrap() = Some("delete-key");
+        let error = client
+            .call(Request::DeleteKey { handle: 7 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ClientError::Interrupted {
+                    node: 1,
+                    request: "delete-key"
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("may or may not have been applied"),
+            "{error}"
+        );
+        for task in slow {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(a.ctl.count("delete-key"), 1);
+        assert_eq!(
+            b.ctl.count("delete-key"),
+            0,
+            "never re-sent to another node"
+        );
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_stalled_node_time_out_and_reads_fail_over() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let mut config = pki.config(&[&a, &b]);
+        config.request_timeout = Duration::from_millis(300);
+        config.health_interval = Duration::from_secs(60);
+        let client = Client::connect(config, alice(PASSWORD)).await.unwrap();
+        a.ctl.stall.store(true, Ordering::SeqCst);
+
+        let error = client
+            .call_on(1, Request::Random { len: 1 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::Timeout { node: 1 }),
+            "{error:?}"
+        );
+        let error = client
+            .call_on(1, Request::DeleteKey { handle: 1 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::Interrupted { node: 1, .. }),
+            "{error:?}"
+        );
+
+        for _ in 0..6 {
+            let reply = client.call(Request::Random { len: 1 }).await.unwrap();
+            assert_eq!(data(reply), vec![2]);
+        }
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_health_check_marks_the_node_down_until_it_recovers() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let mut config = pki.config(&[&a, &b]);
+        config.request_timeout = Duration::from_millis(300);
+        let client = Client::connect(config, alice(PASSWORD)).await.unwrap();
+        a.ctl.stall.store(true, Ordering::SeqCst);
+        eventually("node 1 down", || !status(&client, 1).up).await;
+        let last_error = status(&client, 1).last_error.unwrap();
+        assert!(last_error.contains("health check"), "{last_error}");
+        a.ctl.stall.store(false, Ordering::SeqCst);
+        eventually("node 1 up again", || status(&client, 1).up).await;
+        client.call_on(1, Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_comes_back_is_logged_in_and_used_again() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        a.set_down(true);
+        eventually("node 1 down", || !status(&client, 1).up).await;
+        let before = a.ctl.count("random");
+        for _ in 0..10 {
+            let reply = client.call(Request::Random { len: 1 }).await.unwrap();
+            assert_eq!(data(reply), vec![2]);
+        }
+        assert_eq!(a.ctl.count("random"), before);
+        let error = client
+            .call_on(1, Request::Random { len: 1 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::NodeDown { node: 1 }),
+            "{error:?}"
+        );
+
+        a.set_down(false);
+        eventually("node 1 up again", || status(&client, 1).up).await;
+        assert_eq!(
+            a.ctl.count("login"),
+            2,
+            "logged in again after reconnecting"
+        );
+        let mut served = 0;
+        for _ in 0..50 {
+            let reply = client.call(Request::Random { len: 1 }).await.unwrap();
+            served += usize::from(data(reply) == vec![1]);
+        }
+        assert!(served >= 1, "node 1 serves requests again");
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_down_at_connect_join_later() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        b.set_down(true);
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        let node2 = status(&client, 2);
+        assert!(!node2.up);
+        assert!(node2.last_error.is_some());
+        b.set_down(false);
+        eventually("node 2 up", || status(&client, 2).up).await;
+        assert_eq!(b.ctl.count("login"), 1);
+        client.call_on(2, Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+
+        // All nodes down: connect fails and says why.
+        a.set_down(true);
+        let error = Client::connect(pki.config(&[&a]), None).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::Connect { node: 1, .. }),
+            "{error:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_costs_one_login_attempt_across_three_nodes() {
+    within(async {
+        let pki = Pki::new();
+        let nodes = [
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+            FakeNode::start(3, &pki).await,
+        ];
+        let config = pki.config(&[&nodes[0], &nodes[1], &nodes[2]]);
+        let error = Client::connect(config, alice("wrong password"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::LoginFailed));
+        assert_eq!(error.to_string(), "wrong user name or password");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let logins: usize = nodes.iter().map(|n| n.ctl.count("login")).sum();
+        assert_eq!(logins, 1);
+        for node in &nodes {
+            eventually("connections closed", || {
+                node.ctl.open.load(Ordering::SeqCst) == 0
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_relogin_keeps_the_node_down_without_retrying() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        a.set_down(true);
+        *a.ctl.password.lock().unwrap() = "changed meanwhile".into();
+        eventually("node 1 down", || !status(&client, 1).up).await;
+        a.set_down(false);
+        eventually("re-login tried", || a.ctl.count("login") == 2).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(a.ctl.count("login"), 2, "no second guess");
+        let node1 = status(&client, 1);
+        assert!(!node1.up);
+        let last_error = node1.last_error.unwrap();
+        assert!(last_error.contains("login refused"), "{last_error}");
+        assert!(!last_error.contains(PASSWORD) && !last_error.contains("changed"));
+        client.call(Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_logs_out_and_ends_every_connection() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        let other = client.clone();
+        client.close().await;
+        assert_eq!((a.ctl.count("logout"), b.ctl.count("logout")), (1, 1));
+        for node in [&a, &b] {
+            eventually("connection closed", || {
+                node.ctl.open.load(Ordering::SeqCst) == 0
+            })
+            .await;
+        }
+        let error = other.call(Request::Random { len: 1 }).await.unwrap_err();
+        assert!(matches!(error, ClientError::Closed), "{error:?}");
+        assert!(other.nodes().iter().all(|n| !n.up));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_clone_ends_connections_and_tasks() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), None).await.unwrap();
+        let clone = client.clone();
+        drop(client);
+        clone.call(Request::Random { len: 1 }).await.unwrap();
+        drop(clone);
+        for node in [&a, &b] {
+            eventually("connection closed", || {
+                node.ctl.open.load(Ordering::SeqCst) == 0
+            })
+            .await;
+        }
+        // No background task reconnects or checks health any more.
+        let health = a.ctl.count("health");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(a.ctl.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(a.ctl.count("health"), health);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_from_another_ca_is_refused() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let mut config = pki.config(&[&node]);
+        config.ca = pki.write_other_ca();
+        let error = Client::connect(config, None).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::Connect { node: 1, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("certificate"), "{error}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_requests_and_unknown_nodes_are_refused_locally() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), None).await.unwrap();
+        let login = Request::Login {
+            user: "alice".into(),
+            password: Secret::new(PASSWORD.into()),
+        };
+        let error = client.call(login).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::Managed { request: "login" }),
+            "{error:?}"
+        );
+        let error = client.call_on(9, Request::Health).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::UnknownNode { node: 9 }),
+            "{error:?}"
+        );
+        let huge = Request::Digest {
+            hash: HashAlg::Sha256,
+            data: vec![0; sealgate_hsm_proto::MAX_FRAME_LEN],
+        };
+        let error = client.call(huge).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::RequestTooLarge { .. }),
+            "{error:?}"
+        );
+        assert_eq!(node.ctl.count("login") + node.ctl.count("digest"), 0);
+        assert!(matches!(
+            client.call(Request::Health).await.unwrap(),
+            Reply::Health(_)
+        ));
+        client.close().await;
+    })
+    .await;
+}
+
+#[test]
+fn client_is_send_sync_and_its_futures_are_send() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Client>();
+    let pki = Pki::new();
+    let config = pki.config(&[]);
+    send(&Client::connect(config, None));
+}
+
+#[test]
+fn credentials_never_print_the_password() {
+    let printed = format!("{:?}", alice(PASSWORD));
+    assert!(
+        printed.contains("alice") && !printed.contains(PASSWORD),
+        "{printed}"
+    );
+}

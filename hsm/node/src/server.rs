@@ -1,0 +1,548 @@
+//! The node's RPC server: accepts mutually authenticated TLS connections, reads frames,
+//! answers requests concurrently (pipelined, out of order), and runs every engine call on a
+//! bounded crypto pool so the async workers never block.
+//!
+//! Back-pressure, as CloudHSM does it: when more than `max_queued` requests wait for the pool,
+//! new ones are answered `busy` at once instead of queueing without bound. Each connection may
+//! have `max_in_flight` requests outstanding; the next one is answered `too-many-in-flight` and
+//! the connection stays open. A frame over `max_frame_len`, a frame that does not decode, or a
+//! connection without a valid client certificate is logged in one line and closed; other
+//! connections are not affected.
+
+use crate::config::NodeConfig;
+use crate::master_key::{MASTER_KEY_ENV, MasterKeyError, load_or_create_master_key};
+use crate::service::Hsm;
+use crate::store::RedbStore;
+use crate::tls::{self, TlsError};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use sealgate_hsm_core::{EngineConfig, LocalHsm, SessionId, StoreError};
+use sealgate_hsm_proto::{
+    self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, Welcome,
+};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The master key could not be loaded or created.
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    /// The store could not be opened or does not match the master key.
+    #[error("store {path}: {source}")]
+    Store {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What connections share.
+struct Shared {
+    hsm: Arc<Hsm>,
+    config: NodeConfig,
+    acceptor: TlsAcceptor,
+    /// One permit per crypto thread.
+    pool: Arc<Semaphore>,
+    /// Requests waiting for or running on the pool.
+    queued: AtomicUsize,
+    /// Open client connections.
+    connections: AtomicUsize,
+    /// Open engine sessions.
+    sessions: AtomicUsize,
+    /// Requests answered `busy`.
+    busy: AtomicUsize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// The address the node listens on (with the real port when 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the configured grace period),
+    /// closes every connection and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+}
+
+/// Opens the store and starts serving in the current tokio runtime.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let env_key = std::env::var(MASTER_KEY_ENV).ok();
+    let (master, source) =
+        load_or_create_master_key(&config.master_key_path(), env_key.as_deref())?;
+    debug!(?source, "master key loaded");
+    let store_path = config.store_path();
+    let store_error = |source| NodeError::Store {
+        path: store_path.clone(),
+        source,
+    };
+    let store = RedbStore::open(&store_path).map_err(store_error)?;
+    let engine_config = EngineConfig {
+        max_sessions: config.limits.max_sessions,
+        ..EngineConfig::default()
+    };
+    let local = LocalHsm::open(store, master, engine_config).map_err(store_error)?;
+    let hsm = Arc::new(Hsm::new(config.id, local));
+    let acceptor = TlsAcceptor::from(tls::server_config(&config.ca, &config.cert, &config.key)?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        address: config.listen,
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        pool: Arc::new(Semaphore::new(config.limits.crypto_threads)),
+        hsm,
+        config,
+        acceptor,
+        queued: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
+        sessions: AtomicUsize::new(0),
+        busy: AtomicUsize::new(0),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    info!(
+        node = shared.config.id,
+        address = %local_addr,
+        cluster = %shared.hsm.cluster_id(),
+        applied = shared.hsm.applied_index(),
+        crypto_threads = shared.config.limits.crypto_threads,
+        "node listening"
+    );
+    let shutdown = shared.shutdown.clone();
+    let done = tokio::spawn(accept_loop(shared, listener));
+    Ok(NodeHandle {
+        local_addr,
+        shutdown,
+        done,
+    })
+}
+
+/// Runs a node until SIGTERM or SIGINT: builds the runtime, starts, prints
+/// `sealgate node ID listening on ADDRESS` on stdout, waits for the signal, shuts down cleanly.
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sealgate-node")
+        .build()
+        .map_err(NodeError::Runtime)?;
+    runtime.block_on(async {
+        let id = config.id;
+        let node = start(config).await?;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "sealgate node {id} listening on {}", node.local_addr());
+        let _ = out.flush();
+        drop(out);
+        wait_for_signal().await;
+        info!("shutting down");
+        node.shutdown().await;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let open = shared.connections.load(Ordering::Relaxed);
+                if open >= shared.config.limits.max_connections {
+                    warn!(%peer, "refused connection: {open} connections open (limit)");
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let task_shared = Arc::clone(&shared);
+                shared.tracker.spawn(async move {
+                    serve_connection(&task_shared, tcp, peer).await;
+                    task_shared.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, say: back off a little rather than spin.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    shared.tracker.close();
+    let grace = Duration::from_secs(shared.config.limits.shutdown_grace_secs);
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after {grace:?}; closing them");
+    }
+}
+
+type Reader<S> = FramedRead<tokio::io::ReadHalf<S>, LengthDelimitedCodec>;
+
+/// Sends frames in batches: every frame queued while the last write was in progress goes out
+/// in the next write.
+async fn write_frames<S: AsyncWrite>(
+    mut sink: FramedWrite<tokio::io::WriteHalf<S>, LengthDelimitedCodec>,
+    mut frames: mpsc::Receiver<Bytes>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        while let Ok(more) = frames.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
+            return;
+        }
+    }
+    let _ = SinkExt::<Bytes>::close(&mut sink).await;
+}
+
+fn response(id: u64, result: Result<Reply, proto::Error>) -> Bytes {
+    Bytes::from(proto::encode(&ResponseFrame { id, result }))
+}
+
+fn refusal(id: u64, kind: ErrorKind, message: impl Into<String>) -> Bytes {
+    response(id, Err(proto::Error::new(kind, message)))
+}
+
+async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let limits = &shared.config.limits;
+    let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    let stream = match tokio::time::timeout(handshake, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            warn!(%peer, "refused connection: TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, "refused connection: no TLS handshake within {handshake:?}");
+            return;
+        }
+    };
+    let (read, write) = tokio::io::split(stream);
+    let codec = || proto::length_codec(limits.max_frame_len);
+    let mut reader = FramedRead::new(read, codec());
+    let (tx, rx) = mpsc::channel::<Bytes>(limits.max_in_flight.saturating_add(8));
+    let writer = tokio::spawn(write_frames(FramedWrite::new(write, codec()), rx));
+
+    if hello(shared, &mut reader, &tx, peer, handshake).await {
+        match open_session(shared).await {
+            Ok(session) => {
+                serve_requests(shared, &mut reader, &tx, peer, session).await;
+                close_session(shared, session).await;
+            }
+            Err(e) => {
+                warn!(%peer, "refused connection: {e}");
+                let _ = tx.send(refusal(0, e.kind, e.message)).await;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Reads the first frame, which must be a hello with a version both sides speak.
+async fn hello<S: AsyncRead>(
+    shared: &Shared,
+    reader: &mut Reader<S>,
+    tx: &mpsc::Sender<Bytes>,
+    peer: SocketAddr,
+    deadline: Duration,
+) -> bool {
+    let frame = match tokio::time::timeout(deadline, reader.next()).await {
+        Ok(Some(Ok(bytes))) => bytes,
+        Ok(Some(Err(e))) => {
+            refuse_stream_error(tx, peer, &e).await;
+            return false;
+        }
+        Ok(None) => return false,
+        Err(_) => {
+            warn!(%peer, "refused connection: no hello within {deadline:?}");
+            return false;
+        }
+    };
+    let (id, result) = match proto::decode_request(&frame) {
+        Ok(RequestFrame {
+            id,
+            request: Request::Hello(h),
+        }) => match proto::negotiate(h.min_version, h.max_version) {
+            Some(version) => {
+                debug!(%peer, client = %h.client, version, "hello");
+                let limits = &shared.config.limits;
+                (
+                    id,
+                    Ok(Reply::Welcome(Welcome {
+                        version,
+                        node_id: shared.hsm.node_id(),
+                        cluster_id: shared.hsm.cluster_id(),
+                        max_frame_len: u32::try_from(limits.max_frame_len).unwrap_or(u32::MAX),
+                        max_in_flight: u32::try_from(limits.max_in_flight).unwrap_or(u32::MAX),
+                    })),
+                )
+            }
+            None => (
+                id,
+                Err(proto::Error::new(
+                    ErrorKind::UnsupportedVersion,
+                    format!(
+                        "protocol versions {}..={} are not supported; this node speaks {}..={}",
+                        h.min_version,
+                        h.max_version,
+                        proto::MIN_VERSION,
+                        proto::VERSION
+                    ),
+                )),
+            ),
+        },
+        Ok(other) => (
+            other.id,
+            Err(proto::Error::new(
+                ErrorKind::BadRequest,
+                "the first request on a connection must be hello",
+            )),
+        ),
+        Err(e) => (
+            proto::decode_request_id(&frame).unwrap_or(0),
+            Err(proto::Error::new(ErrorKind::BadRequest, e.to_string())),
+        ),
+    };
+    let ok = result.is_ok();
+    if let Err(e) = &result {
+        warn!(%peer, "refused connection: {e}");
+    }
+    let _ = tx.send(response(id, result)).await;
+    ok
+}
+
+async fn refuse_stream_error(tx: &mpsc::Sender<Bytes>, peer: SocketAddr, e: &std::io::Error) {
+    let too_long = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>());
+    if too_long {
+        warn!(%peer, "refused connection: frame over the size limit");
+        let _ = tx
+            .send(refusal(
+                0,
+                ErrorKind::FrameTooLarge,
+                "frame over the size limit",
+            ))
+            .await;
+    } else {
+        debug!(%peer, "connection ended: {e}");
+    }
+}
+
+async fn serve_requests<S: AsyncRead>(
+    shared: &Arc<Shared>,
+    reader: &mut Reader<S>,
+    tx: &mpsc::Sender<Bytes>,
+    peer: SocketAddr,
+    session: SessionId,
+) {
+    let max_in_flight = shared.config.limits.max_in_flight;
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    loop {
+        let next = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            next = reader.next() => next,
+        };
+        let bytes = match next {
+            None => break,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
+                refuse_stream_error(tx, peer, &e).await;
+                break;
+            }
+        };
+        let RequestFrame { id, request } = match proto::decode_request(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!(%peer, "closed connection: {e}");
+                let id = proto::decode_request_id(&bytes).unwrap_or(0);
+                let _ = tx
+                    .send(refusal(id, ErrorKind::BadRequest, e.to_string()))
+                    .await;
+                break;
+            }
+        };
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            let message =
+                format!("more than {max_in_flight} requests in flight on this connection");
+            let _ = tx
+                .send(refusal(id, ErrorKind::TooManyInFlight, message))
+                .await;
+            continue;
+        };
+        if matches!(request, Request::Health) {
+            let _ = tx.send(response(id, Ok(health(shared)))).await;
+            continue;
+        }
+        let shared = Arc::clone(shared);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let hsm = Arc::clone(&shared.hsm);
+            let result = on_pool(&shared, move || hsm.handle(session, request)).await;
+            // The request is done: free its slot before queueing the answer, so a client that
+            // keeps exactly max_in_flight requests outstanding is never refused.
+            drop(permit);
+            let _ = tx.send(response(id, result.and_then(|r| r))).await;
+        });
+    }
+    // Let the requests in flight finish before the session (and its keys) goes away.
+    let grace = Duration::from_secs(shared.config.limits.shutdown_grace_secs);
+    let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, in_flight.acquire_many(all)).await;
+}
+
+fn health(shared: &Shared) -> Reply {
+    let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+    Reply::Health(Health {
+        node_id: shared.hsm.node_id(),
+        applied_index: shared.hsm.applied_index(),
+        sessions: count(&shared.sessions),
+        connections: count(&shared.connections),
+        queued: count(&shared.queued),
+        writable: shared.hsm.writable(),
+    })
+}
+
+/// Decrements the queue count when a pooled request finishes or is abandoned.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `job` on the crypto pool, or answers `busy` if too much work is queued already.
+async fn on_pool<T: Send + 'static>(
+    shared: &Shared,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, proto::Error> {
+    let limit = shared.config.limits.max_queued;
+    if shared.queued.fetch_add(1, Ordering::Relaxed) >= limit {
+        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        return Err(proto::Error::new(
+            ErrorKind::Busy,
+            format!("node is busy ({limit} requests queued); retry later or on another node"),
+        ));
+    }
+    let _queued = Queued(&shared.queued);
+    run_pooled(shared, job).await
+}
+
+/// Runs `job` on the crypto pool, waiting for a thread however long the queue is (for session
+/// bookkeeping, which must not be refused).
+async fn run_pooled<T: Send + 'static>(
+    shared: &Shared,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, proto::Error> {
+    let permit = Arc::clone(&shared.pool)
+        .acquire_owned()
+        .await
+        .map_err(|_| proto::Error::new(ErrorKind::Unavailable, "the node is shutting down"))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        job()
+    })
+    .await
+    .map_err(|_| proto::Error::new(ErrorKind::Failed, "the request failed inside the node"))
+}
+
+async fn open_session(shared: &Arc<Shared>) -> Result<SessionId, proto::Error> {
+    let hsm = Arc::clone(&shared.hsm);
+    let session = run_pooled(shared, move || hsm.open_session()).await??;
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    Ok(session)
+}
+
+async fn close_session(shared: &Arc<Shared>, session: SessionId) {
+    let hsm = Arc::clone(&shared.hsm);
+    let _ = run_pooled(shared, move || hsm.close_session(session)).await;
+    shared.sessions.fetch_sub(1, Ordering::Relaxed);
+}

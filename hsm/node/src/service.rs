@@ -1,0 +1,464 @@
+//! The node's engine behind a lock, and the dispatch of each protocol request to it.
+//!
+//! Everything here blocks (argon2, RSA, fsync), so the server calls it only from its crypto
+//! pool, never on an async worker. Reads and crypto operations share a read lock; session
+//! changes and writes take the write lock, and a write holds it until its batch is durable, so
+//! commands are applied and stored in one order and answered only once fsynced.
+
+use crate::convert;
+use crate::store::RedbStore;
+use sealgate_hsm_core::crypto::{Password, PublicKey};
+use sealgate_hsm_core::{
+    Command, DriverError, Engine, EngineError, FromOutcome, KeyHandle, LocalHsm, Outcome,
+    SessionId, Step, Timestamp,
+};
+use sealgate_hsm_proto::{self as proto, ErrorKind, Reply, Request, Secret};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The engine, its store, and counters readable without the lock.
+pub(crate) struct Hsm {
+    node_id: u32,
+    state: RwLock<LocalHsm<RedbStore>>,
+    applied: AtomicU64,
+    writable: AtomicBool,
+    cluster_id: RwLock<String>,
+}
+
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+fn password(secret: &Secret) -> Password {
+    Password::new(secret.expose().to_owned())
+}
+
+fn unavailable() -> proto::Error {
+    proto::Error::new(
+        ErrorKind::Unavailable,
+        "the node's engine failed earlier; restart it",
+    )
+}
+
+fn engine_error(e: EngineError) -> proto::Error {
+    convert::error(&e)
+}
+
+fn driver_error(e: DriverError) -> proto::Error {
+    match e {
+        DriverError::Engine(e) => convert::error(&e),
+        DriverError::Store(e) => proto::Error::new(
+            ErrorKind::Unavailable,
+            format!("the node could not store the change, which was not made: {e}"),
+        ),
+        _ => proto::Error::new(ErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+fn public_key_reply(key: &PublicKey) -> Reply {
+    Reply::PublicKey {
+        der: key.to_der().to_vec(),
+        pem: key.to_pem(),
+    }
+}
+
+impl Hsm {
+    pub(crate) fn new(node_id: u32, hsm: LocalHsm<RedbStore>) -> Self {
+        let applied = hsm.engine().applied_index();
+        let this = Self {
+            node_id,
+            state: RwLock::new(hsm),
+            applied: AtomicU64::new(applied),
+            writable: AtomicBool::new(true),
+            cluster_id: RwLock::new(String::new()),
+        };
+        this.refresh_cluster_id();
+        this
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, LocalHsm<RedbStore>>, proto::Error> {
+        self.state.read().map_err(|_| unavailable())
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, LocalHsm<RedbStore>>, proto::Error> {
+        self.state.write().map_err(|_| unavailable())
+    }
+
+    fn refresh_cluster_id(&self) {
+        let Ok(mut st) = self.state.write() else {
+            return;
+        };
+        let engine = st.engine_mut();
+        let Ok(session) = engine.open_session() else {
+            return;
+        };
+        let id = engine
+            .info(session)
+            .ok()
+            .and_then(|i| i.cluster_uid)
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        engine.close_session(session);
+        drop(st);
+        if let Ok(mut slot) = self.cluster_id.write() {
+            *slot = id;
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> u32 {
+        self.node_id
+    }
+
+    pub(crate) fn cluster_id(&self) -> String {
+        self.cluster_id
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn open_session(&self) -> Result<SessionId, proto::Error> {
+        self.write()?
+            .engine_mut()
+            .open_session()
+            .map_err(engine_error)
+    }
+
+    pub(crate) fn close_session(&self, session: SessionId) {
+        if let Ok(mut st) = self.state.write() {
+            st.engine_mut().close_session(session);
+        }
+    }
+
+    /// Runs a request that may change replicated state: prepares it with `prepare` and, if it
+    /// produced a command, applies and stores it before returning.
+    fn change<T: FromOutcome>(
+        &self,
+        session: SessionId,
+        prepare: impl FnOnce(&mut Engine, Timestamp) -> Result<Step<T>, EngineError>,
+    ) -> Result<T, proto::Error> {
+        let mut st = self.write()?;
+        let step = prepare(st.engine_mut(), now()).map_err(engine_error)?;
+        let result = st.complete(session, step);
+        self.applied
+            .store(st.engine().applied_index(), Ordering::Relaxed);
+        if let Err(DriverError::Store(_)) = &result {
+            self.writable.store(false, Ordering::Relaxed);
+        }
+        result.map_err(driver_error)
+    }
+
+    /// [`Hsm::change`] for engine methods that always produce a command.
+    fn command(
+        &self,
+        session: SessionId,
+        prepare: impl FnOnce(&Engine, Timestamp) -> Result<Command, EngineError>,
+    ) -> Result<Outcome, proto::Error> {
+        self.change(session, |engine, now| {
+            prepare(engine, now).map(Step::Replicate)
+        })
+    }
+
+    /// Answers one request on `session`. Blocks: call it from the crypto pool.
+    pub(crate) fn handle(
+        &self,
+        session: SessionId,
+        request: Request,
+    ) -> Result<Reply, proto::Error> {
+        match request {
+            Request::Hello(_) => Err(proto::Error::new(
+                ErrorKind::BadRequest,
+                "hello was already exchanged on this connection",
+            )),
+            // Answered by the server without the engine.
+            Request::Health => Err(proto::Error::new(
+                ErrorKind::BadRequest,
+                "health is answered by the server",
+            )),
+            Request::Info => {
+                let info = self.read()?.engine().info(session).map_err(engine_error)?;
+                Ok(Reply::Info(proto::ClusterInfo {
+                    node_id: self.node_id,
+                    cluster_id: info.cluster_uid.map(|u| u.to_string()),
+                    initialized: info.initialized,
+                    activated: info.activated,
+                    users: info.users as u64,
+                    token_keys: info.token_keys as u64,
+                    applied_index: info.applied_index,
+                }))
+            }
+            Request::Login { user, password: pw } => {
+                let pw = password(&pw);
+                self.change(session, |e, now| e.login(session, &user, &pw, now))?;
+                let role = self
+                    .read()?
+                    .engine()
+                    .session_user(session)
+                    .map_err(engine_error)?
+                    .map(|(_, role)| convert::role_out(role))
+                    .ok_or_else(|| proto::Error::new(ErrorKind::LoginFailed, "login failed"))?;
+                Ok(Reply::LoggedIn { role })
+            }
+            Request::Logout => {
+                self.write()?
+                    .engine_mut()
+                    .logout(session)
+                    .map_err(engine_error)?;
+                Ok(Reply::Done)
+            }
+            Request::Activate { new_password } => {
+                let pw = password(&new_password);
+                self.command(session, |e, now| e.activate(session, &pw, now))?;
+                Ok(Reply::Done)
+            }
+            Request::ListUsers => {
+                let users = self
+                    .read()?
+                    .engine()
+                    .list_users(session)
+                    .map_err(engine_error)?;
+                Ok(Reply::Users(
+                    users.into_iter().map(convert::user_info).collect(),
+                ))
+            }
+            Request::CreateUser {
+                name,
+                role,
+                password: pw,
+            } => {
+                let pw = password(&pw);
+                let role = convert::role(role);
+                let outcome = self.command(session, |e, now| {
+                    e.create_user(session, &name, role, &pw, now)
+                })?;
+                match outcome {
+                    Outcome::UserCreated(id) => Ok(Reply::UserCreated { id: id.0 }),
+                    _ => Ok(Reply::Done),
+                }
+            }
+            Request::DeleteUser { name } => {
+                self.command(session, |e, now| e.delete_user(session, &name, now))?;
+                Ok(Reply::Done)
+            }
+            Request::ChangePassword { name, new_password } => {
+                let pw = password(&new_password);
+                self.command(session, |e, now| {
+                    e.change_password(session, &name, &pw, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::GenerateKey { spec, attributes } => {
+                let spec = convert::key_spec(spec)?;
+                let template = convert::template(&attributes)?;
+                let handles = self.change(session, |e, now| {
+                    e.generate_key(session, spec, &template, now)
+                })?;
+                Ok(created(handles))
+            }
+            Request::GenerateKeyPair {
+                spec,
+                public,
+                private,
+            } => {
+                let spec = convert::key_spec(spec)?;
+                let public = convert::template(&public)?;
+                let private = convert::template(&private)?;
+                let handles = self.change(session, |e, now| {
+                    e.generate_key_pair(session, spec, &public, &private, now)
+                })?;
+                Ok(created(handles))
+            }
+            Request::ImportPublicKey { der, attributes } => {
+                let template = convert::template(&attributes)?;
+                let handles = self.change(session, |e, now| {
+                    e.import_public_key(session, &der, &template, now)
+                })?;
+                Ok(created(handles))
+            }
+            Request::UnwrapKey {
+                unwrapping,
+                mechanism,
+                wrapped,
+                key_type,
+                attributes,
+            } => {
+                let mechanism = convert::wrap_mechanism(mechanism)?;
+                let key_type = convert::key_type(key_type);
+                let template = convert::template(&attributes)?;
+                let handles = self.change(session, |e, now| {
+                    e.unwrap_key(
+                        session,
+                        KeyHandle(unwrapping),
+                        mechanism,
+                        &wrapped,
+                        key_type,
+                        &template,
+                        now,
+                    )
+                })?;
+                Ok(created(handles))
+            }
+            Request::DeriveKey {
+                base,
+                mechanism,
+                spec,
+                attributes,
+            } => {
+                let mechanism = convert::kdf(mechanism);
+                let spec = convert::key_spec(spec)?;
+                let template = convert::template(&attributes)?;
+                let handles = self.change(session, |e, now| {
+                    e.derive_key(session, KeyHandle(base), &mechanism, spec, &template, now)
+                })?;
+                Ok(created(handles))
+            }
+            Request::ListKeys { filter } => {
+                let filter = convert::filter(&filter)?;
+                let keys = self
+                    .read()?
+                    .engine()
+                    .list_keys(session, &filter)
+                    .map_err(engine_error)?;
+                Ok(Reply::Keys(
+                    keys.into_iter().map(convert::key_info).collect(),
+                ))
+            }
+            Request::GetKey { handle } => {
+                let key = self
+                    .read()?
+                    .engine()
+                    .get_key(session, KeyHandle(handle))
+                    .map_err(engine_error)?;
+                Ok(Reply::Key(convert::key_info(key)))
+            }
+            Request::ExportPublicKey { handle } => {
+                let key = self
+                    .read()?
+                    .engine()
+                    .export_public_key(session, KeyHandle(handle))
+                    .map_err(engine_error)?;
+                Ok(public_key_reply(&key))
+            }
+            Request::SetAttributes { handle, changes } => {
+                let changes = convert::changes(&changes)?;
+                self.change(session, |e, now| {
+                    e.set_attributes(session, KeyHandle(handle), &changes, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::ShareKey { handle, user } => {
+                self.command(session, |e, now| {
+                    e.share_key(session, KeyHandle(handle), &user, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::UnshareKey { handle, user } => {
+                self.command(session, |e, now| {
+                    e.unshare_key(session, KeyHandle(handle), &user, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::DeleteKey { handle } => {
+                self.change(session, |e, now| {
+                    e.delete_key(session, KeyHandle(handle), now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::WrapKey {
+                wrapping,
+                mechanism,
+                handle,
+            } => {
+                let mechanism = convert::wrap_mechanism(mechanism)?;
+                let wrapped = self
+                    .read()?
+                    .engine()
+                    .wrap_key(session, KeyHandle(wrapping), mechanism, KeyHandle(handle))
+                    .map_err(engine_error)?;
+                Ok(Reply::Data(wrapped))
+            }
+            Request::Sign {
+                handle,
+                mechanism,
+                data,
+            } => {
+                let mechanism = convert::sign_mechanism(mechanism);
+                self.read()?
+                    .engine()
+                    .sign(session, KeyHandle(handle), mechanism, &data)
+                    .map(Reply::Data)
+                    .map_err(engine_error)
+            }
+            Request::Verify {
+                handle,
+                mechanism,
+                data,
+                signature,
+            } => {
+                let mechanism = convert::sign_mechanism(mechanism);
+                self.read()?
+                    .engine()
+                    .verify(session, KeyHandle(handle), mechanism, &data, &signature)
+                    .map(|()| Reply::Verified)
+                    .map_err(engine_error)
+            }
+            Request::Encrypt {
+                handle,
+                mechanism,
+                data,
+                aad,
+            } => {
+                let mechanism = convert::encrypt_mechanism(mechanism);
+                self.read()?
+                    .engine()
+                    .encrypt(session, KeyHandle(handle), mechanism, &data, &aad)
+                    .map(Reply::Data)
+                    .map_err(engine_error)
+            }
+            Request::Decrypt {
+                handle,
+                mechanism,
+                data,
+                aad,
+            } => {
+                let mechanism = convert::encrypt_mechanism(mechanism);
+                self.read()?
+                    .engine()
+                    .decrypt(session, KeyHandle(handle), mechanism, &data, &aad)
+                    .map(Reply::Data)
+                    .map_err(engine_error)
+            }
+            Request::Digest { hash, data } => self
+                .read()?
+                .engine()
+                .digest(session, convert::hash(hash), &data)
+                .map(Reply::Data)
+                .map_err(engine_error),
+            Request::Random { len } => self
+                .read()?
+                .engine()
+                .random(session, len as usize)
+                .map(Reply::Data)
+                .map_err(engine_error),
+            _ => Err(proto::Error::new(
+                ErrorKind::BadRequest,
+                "this node does not support that request",
+            )),
+        }
+    }
+}
+
+fn created(handles: Vec<KeyHandle>) -> Reply {
+    Reply::KeysCreated(handles.into_iter().map(|h| h.0).collect())
+}

@@ -1,0 +1,513 @@
+//! Shared support for the end-to-end tests: a cluster made by the real `sealgate cluster init`,
+//! real `sealgate node` processes on 127.0.0.1 (port 0, the real port read from their output),
+//! the real CLI, and a raw TLS connection for protocol-level tests. Every process is stopped by
+//! its PID when the test ends, and every wait is bounded.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const CO_PASSWORD: &str = "officer-password-1";
+pub const CU1_PASSWORD: &str = "crypto-user-1-pw";
+pub const CU2_PASSWORD: &str = "crypto-user-2-pw";
+
+/// How long any one CLI command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `sealgate` binary built with this test run (target/<profile>/sealgate).
+pub fn sealgate_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("sealgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace --all-targets`",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs a command with a time limit, returning its output.
+pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn command");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).expect("write stdin");
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(out) => out.expect("command output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("command {cmd:?} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+    }
+}
+
+/// A cluster directory made by `sealgate cluster init`, and its node processes.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Cluster {
+    /// `sealgate cluster init --dir … --nodes n`, with every node set to listen on port 0.
+    pub fn init(n: u32) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("cluster");
+        let mut cmd = Command::new(sealgate_bin());
+        cmd.args(["cluster", "init", "--dir"])
+            .arg(&dir)
+            .args(["--nodes", &n.to_string()]);
+        let out = run_bounded(cmd, None);
+        assert!(
+            out.status.success(),
+            "cluster init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 1..=n {
+            let path = dir.join(format!("node-{i}.toml"));
+            let mut file: sealgate_hsm_node::NodeFile =
+                toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            file.node.listen = "127.0.0.1:0".into();
+            std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        }
+        Self {
+            root,
+            dir,
+            nodes: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    /// Edits node `id`'s limits before it starts.
+    pub fn set_limits(&self, id: u32, edit: impl FnOnce(&mut sealgate_hsm_node::LimitsSection)) {
+        let path = self.node_config(id);
+        let mut file: sealgate_hsm_node::NodeFile =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut file.limits);
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    }
+
+    pub fn client_toml(&self) -> PathBuf {
+        self.dir.join("client.toml")
+    }
+
+    pub fn node_config(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("node-{id}.toml"))
+    }
+
+    pub fn node_log(&self, id: u32) -> PathBuf {
+        self.root.path().join(format!("node-{id}.log"))
+    }
+
+    /// The one-time PRECO password written by init.
+    pub fn preco_password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("preco-password"))
+            .expect("preco-password file")
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts node `id` and points client.toml at its real port. The port is then written
+    /// into the node's config, so a restart listens where clients expect it.
+    pub fn start(&mut self, id: u32) -> SocketAddr {
+        let node = NodeProcess::start(&self.node_config(id), &self.node_log(id));
+        let addr = node.addr;
+        self.nodes[(id - 1) as usize] = Some(node);
+        self.set_client_address(id, addr);
+        let path = self.node_config(id);
+        let mut file: sealgate_hsm_node::NodeFile =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        file.node.listen = addr.to_string();
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        addr
+    }
+
+    /// Copies node `from`'s store onto node `to` (both stopped): a clone of the same cluster,
+    /// as CloudHSM clones an HSM from a backup. Until replication lands this is how several
+    /// nodes come to hold the same users and keys.
+    pub fn clone_store(&self, from: u32, to: u32) {
+        let src = self.dir.join(format!("node-{from}/store.redb"));
+        let dst = self.dir.join(format!("node-{to}/store.redb"));
+        std::fs::copy(&src, &dst).expect("copy store");
+    }
+
+    /// A client.toml naming only node `id` (to set a cluster up through one node).
+    pub fn client_toml_for(&self, id: u32) -> PathBuf {
+        let mut file: sealgate_hsm_client::ClientFile =
+            toml::from_str(&std::fs::read_to_string(self.client_toml()).unwrap()).unwrap();
+        file.nodes.retain(|n| n.id == id);
+        let path = self.dir.join(format!("client-{id}.toml"));
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        path
+    }
+
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() as u32 {
+            self.start(id);
+        }
+    }
+
+    pub fn node(&mut self, id: u32) -> &mut NodeProcess {
+        self.nodes[(id - 1) as usize]
+            .as_mut()
+            .expect("node is running")
+    }
+
+    /// Stops node `id` with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, id: u32) -> std::process::ExitStatus {
+        let mut node = self.nodes[(id - 1) as usize].take().expect("running");
+        node.terminate()
+    }
+
+    /// Kills node `id` with SIGKILL.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut node) = self.nodes[(id - 1) as usize].take() {
+            node.kill();
+        }
+    }
+
+    fn set_client_address(&self, id: u32, addr: SocketAddr) {
+        let path = self.client_toml();
+        let mut file: sealgate_hsm_client::ClientFile =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for node in &mut file.nodes {
+            if node.id == id {
+                node.address = addr.to_string();
+            }
+        }
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    }
+
+    /// Runs the CLI against this cluster as `user` (password through the environment).
+    pub fn sg(&self, user: Option<(&str, &str)>, args: &[&str]) -> Output {
+        self.sg_env(user, &[], args)
+    }
+
+    pub fn sg_env(
+        &self,
+        user: Option<(&str, &str)>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Output {
+        let mut cmd = Command::new(sealgate_bin());
+        cmd.args(args)
+            .env("SEALGATE_CLUSTER", self.client_toml())
+            .env_remove("SEALGATE_USER")
+            .env_remove("SEALGATE_PASSWORD")
+            .env_remove("SEALGATE_NEW_PASSWORD")
+            .current_dir(self.root.path());
+        if let Some((name, password)) = user {
+            cmd.env("SEALGATE_USER", name)
+                .env("SEALGATE_PASSWORD", password);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd, None)
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn sg_ok(&self, user: Option<(&str, &str)>, args: &[&str]) -> String {
+        let out = self.sg(user, args);
+        assert!(
+            out.status.success(),
+            "sealgate {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs the CLI with `--output json` and returns the parsed object.
+    pub fn sg_json(&self, user: Option<(&str, &str)>, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.sg(user, &all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sealgate {args:?}: stdout is not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Activates the cluster (PRECO → CO with `CO_PASSWORD`).
+    pub fn activate(&self) {
+        let preco = self.preco_password();
+        let out = self.sg_env(
+            Some(("admin", &preco)),
+            &[("SEALGATE_NEW_PASSWORD", CO_PASSWORD)],
+            &["cluster", "activate"],
+        );
+        assert!(
+            out.status.success(),
+            "activate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// As the CO, creates a user.
+    pub fn create_user(&self, name: &str, role: &str, password: &str) {
+        let out = self.sg_env(
+            Some(("admin", CO_PASSWORD)),
+            &[("SEALGATE_NEW_PASSWORD", password)],
+            &["user", "create", "--name", name, "--role", role],
+        );
+        assert!(
+            out.status.success(),
+            "user create {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A running `sealgate node` process; killed by PID when dropped.
+pub struct NodeProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl NodeProcess {
+    /// Starts `sealgate node --config FILE`, stderr to `log`, and waits (bounded) for its
+    /// "listening on" line.
+    pub fn start(config: &Path, log: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("node log");
+        let mut child = Command::new(sealgate_bin())
+            .args(["node", "--config"])
+            .arg(config)
+            .env("SEALGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node did not start within 30 s; its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        };
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait up to 20 s (SIGKILL after that, and fail).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("node {} ignored SIGTERM for 20 s", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// Lines of a node's log that contain `needle`.
+pub fn log_lines(log: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (bounded) until `cond` holds.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args).current_dir(dir);
+    run_bounded(cmd, None)
+}
+
+/// A raw protocol connection (mutual TLS with the cluster's client certificate, or another),
+/// for tests below the client SDK.
+pub mod raw {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use sealgate_hsm_proto::{self as proto, Hello, Reply, Request, RequestFrame, ResponseFrame};
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    pub type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
+
+    /// A TLS 1.3 client config trusting the cluster CA, with `identity` (cert, key) if given.
+    pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .unwrap()
+                        .map(|c| c.unwrap())
+                        .collect(),
+                    PrivateKeyDer::from_pem_file(key).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
+    }
+
+    /// Connects and finishes the TLS handshake (client side).
+    pub async fn connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await?;
+        Ok(Framed::new(tls, proto::length_codec(64 << 20)))
+    }
+
+    /// Sends one request frame.
+    pub async fn send(conn: &mut Conn, id: u64, request: Request) {
+        let frame = proto::encode(&RequestFrame { id, request });
+        conn.send(Bytes::from(frame)).await.expect("send frame");
+    }
+
+    /// Sends raw bytes as one frame body.
+    pub async fn send_body(conn: &mut Conn, body: &[u8]) {
+        conn.send(Bytes::copy_from_slice(body))
+            .await
+            .expect("send frame");
+    }
+
+    /// Receives one response (bounded: 10 s); `None` when the node closed the connection.
+    pub async fn recv(conn: &mut Conn) -> Option<ResponseFrame> {
+        match tokio::time::timeout(Duration::from_secs(10), conn.next()).await {
+            Ok(Some(Ok(bytes))) => Some(proto::decode_response(&bytes).expect("valid response")),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no response within 10 s"),
+        }
+    }
+
+    /// Connects with the cluster's client certificate and says hello.
+    pub async fn hello(cluster_dir: &Path, addr: SocketAddr) -> Conn {
+        let config = client_config(
+            &cluster_dir.join("ca.pem"),
+            Some((
+                &cluster_dir.join("client.pem"),
+                &cluster_dir.join("client-key.pem"),
+            )),
+        );
+        let mut conn = connect(addr, config).await.expect("connect");
+        send(&mut conn, 1, Request::Hello(Hello::current("e2e test"))).await;
+        let welcome = recv(&mut conn).await.expect("welcome");
+        assert!(
+            matches!(welcome.result, Ok(Reply::Welcome(_))),
+            "{welcome:?}"
+        );
+        conn
+    }
+
+    /// Whether the connection still answers a health request.
+    pub async fn healthy(conn: &mut Conn, id: u64) -> bool {
+        send(conn, id, Request::Health).await;
+        matches!(
+            recv(conn).await,
+            Some(ResponseFrame { id: got, result: Ok(Reply::Health(_)) }) if got == id
+        )
+    }
+}
