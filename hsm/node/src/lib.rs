@@ -10,6 +10,7 @@ mod config;
 mod convert;
 pub mod init;
 mod master_key;
+mod pool;
 mod server;
 mod service;
 mod store;

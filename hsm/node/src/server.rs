@@ -11,6 +11,7 @@
 
 use crate::config::NodeConfig;
 use crate::master_key::{MASTER_KEY_ENV, MasterKeyError, load_or_create_master_key};
+use crate::pool::{CryptoPool, Job, Outbox};
 use crate::service::Hsm;
 use crate::store::RedbStore;
 use crate::tls::{self, TlsError};
@@ -78,10 +79,8 @@ struct Shared {
     hsm: Arc<Hsm>,
     config: NodeConfig,
     acceptor: TlsAcceptor,
-    /// One permit per crypto thread.
-    pool: Arc<Semaphore>,
-    /// Requests waiting for or running on the pool.
-    queued: AtomicUsize,
+    /// Runs every engine call.
+    pool: CryptoPool,
     /// Open client connections.
     connections: AtomicUsize,
     /// Open engine sessions.
@@ -147,12 +146,17 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         address: config.listen,
         source,
     })?;
+    let pool = CryptoPool::new(
+        config.limits.crypto_threads,
+        config.limits.max_queued,
+        &tokio::runtime::Handle::current(),
+    )
+    .map_err(NodeError::Runtime)?;
     let shared = Arc::new(Shared {
-        pool: Arc::new(Semaphore::new(config.limits.crypto_threads)),
+        pool,
         hsm,
         config,
         acceptor,
-        queued: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
@@ -415,6 +419,9 @@ async fn refuse_stream_error(tx: &mpsc::Sender<Bytes>, peer: SocketAddr, e: &std
     }
 }
 
+/// Most frames read in one go and handed to the crypto pool together.
+const READ_BATCH: usize = 128;
+
 async fn serve_requests<S: AsyncRead>(
     shared: &Arc<Shared>,
     reader: &mut Reader<S>,
@@ -424,52 +431,74 @@ async fn serve_requests<S: AsyncRead>(
 ) {
     let max_in_flight = shared.config.limits.max_in_flight;
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    loop {
+    // Every frame that has already arrived, up to READ_BATCH, in one batch.
+    let mut frames = reader.ready_chunks(READ_BATCH);
+    let mut open = true;
+    while open {
         let next = tokio::select! {
             () = shared.shutdown.cancelled() => break,
-            next = reader.next() => next,
+            next = frames.next() => next,
         };
-        let bytes = match next {
-            None => break,
-            Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => {
-                refuse_stream_error(tx, peer, &e).await;
-                break;
+        let Some(batch) = next else { break };
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut answers = Vec::new();
+        for frame in batch {
+            let bytes = match frame {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    refuse_stream_error(tx, peer, &e).await;
+                    open = false;
+                    break;
+                }
+            };
+            let RequestFrame { id, request } = match proto::decode_request(&bytes) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    warn!(%peer, "closed connection: {e}");
+                    let id = proto::decode_request_id(&bytes).unwrap_or(0);
+                    answers.push(refusal(id, ErrorKind::BadRequest, e.to_string()));
+                    open = false;
+                    break;
+                }
+            };
+            let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                let message =
+                    format!("more than {max_in_flight} requests in flight on this connection");
+                answers.push(refusal(id, ErrorKind::TooManyInFlight, message));
+                continue;
+            };
+            if matches!(request, Request::Health) {
+                answers.push(response(id, Ok(health(shared))));
+                continue;
             }
-        };
-        let RequestFrame { id, request } = match proto::decode_request(&bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                warn!(%peer, "closed connection: {e}");
-                let id = proto::decode_request_id(&bytes).unwrap_or(0);
-                let _ = tx
-                    .send(refusal(id, ErrorKind::BadRequest, e.to_string()))
-                    .await;
-                break;
-            }
-        };
-        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            let message =
-                format!("more than {max_in_flight} requests in flight on this connection");
-            let _ = tx
-                .send(refusal(id, ErrorKind::TooManyInFlight, message))
-                .await;
-            continue;
-        };
-        if matches!(request, Request::Health) {
-            let _ = tx.send(response(id, Ok(health(shared)))).await;
-            continue;
-        }
-        let shared = Arc::clone(shared);
-        let tx = tx.clone();
-        tokio::spawn(async move {
             let hsm = Arc::clone(&shared.hsm);
-            let result = on_pool(&shared, move || hsm.handle(session, request)).await;
-            // The request is done: free its slot before queueing the answer, so a client that
-            // keeps exactly max_in_flight requests outstanding is never refused.
-            drop(permit);
-            let _ = tx.send(response(id, result.and_then(|r| r))).await;
-        });
+            let answer = tx.clone();
+            jobs.push(Box::new(move |outbox: &mut Outbox| {
+                let result = hsm.handle(session, request);
+                // The request is done: free its slot before queueing the answer, so a client
+                // that keeps exactly max_in_flight requests outstanding is never refused.
+                drop(permit);
+                outbox.send(answer, response(id, result));
+            }) as Job);
+            ids.push(id);
+        }
+        let refused = shared.pool.run_batch(jobs);
+        if !refused.is_empty() {
+            shared.busy.fetch_add(refused.len(), Ordering::Relaxed);
+            let limit = shared.config.limits.max_queued;
+            let message =
+                format!("node is busy ({limit} requests queued); retry later or on another node");
+            // Refused jobs are the last ones of the batch; dropping them frees their slots.
+            let first_refused = ids.len() - refused.len();
+            drop(refused);
+            for &id in ids.iter().skip(first_refused) {
+                answers.push(refusal(id, ErrorKind::Busy, message.clone()));
+            }
+        }
+        for answer in answers {
+            let _ = tx.send(answer).await;
+        }
     }
     // Let the requests in flight finish before the session (and its keys) goes away.
     let grace = Duration::from_secs(shared.config.limits.shutdown_grace_secs);
@@ -484,65 +513,30 @@ fn health(shared: &Shared) -> Reply {
         applied_index: shared.hsm.applied_index(),
         sessions: count(&shared.sessions),
         connections: count(&shared.connections),
-        queued: count(&shared.queued),
+        queued: u32::try_from(shared.pool.queued()).unwrap_or(u32::MAX),
         writable: shared.hsm.writable(),
     })
 }
 
-/// Decrements the queue count when a pooled request finishes or is abandoned.
-struct Queued<'a>(&'a AtomicUsize);
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Runs `job` on the crypto pool, or answers `busy` if too much work is queued already.
-async fn on_pool<T: Send + 'static>(
-    shared: &Shared,
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, proto::Error> {
-    let limit = shared.config.limits.max_queued;
-    if shared.queued.fetch_add(1, Ordering::Relaxed) >= limit {
-        shared.queued.fetch_sub(1, Ordering::Relaxed);
-        shared.busy.fetch_add(1, Ordering::Relaxed);
-        return Err(proto::Error::new(
-            ErrorKind::Busy,
-            format!("node is busy ({limit} requests queued); retry later or on another node"),
-        ));
-    }
-    let _queued = Queued(&shared.queued);
-    run_pooled(shared, job).await
-}
-
-/// Runs `job` on the crypto pool, waiting for a thread however long the queue is (for session
-/// bookkeeping, which must not be refused).
-async fn run_pooled<T: Send + 'static>(
-    shared: &Shared,
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, proto::Error> {
-    let permit = Arc::clone(&shared.pool)
-        .acquire_owned()
-        .await
-        .map_err(|_| proto::Error::new(ErrorKind::Unavailable, "the node is shutting down"))?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        job()
-    })
-    .await
-    .map_err(|_| proto::Error::new(ErrorKind::Failed, "the request failed inside the node"))
-}
-
 async fn open_session(shared: &Arc<Shared>) -> Result<SessionId, proto::Error> {
     let hsm = Arc::clone(&shared.hsm);
-    let session = run_pooled(shared, move || hsm.open_session()).await??;
+    let session = blocking(move || hsm.open_session()).await??;
     shared.sessions.fetch_add(1, Ordering::Relaxed);
     Ok(session)
 }
 
 async fn close_session(shared: &Arc<Shared>, session: SessionId) {
     let hsm = Arc::clone(&shared.hsm);
-    let _ = run_pooled(shared, move || hsm.close_session(session)).await;
+    let _ = blocking(move || hsm.close_session(session)).await;
     shared.sessions.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Session bookkeeping takes the engine lock, which a write may hold while it fsyncs: it runs
+/// on tokio's blocking threads, and is never refused as busy.
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, proto::Error> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|_| proto::Error::new(ErrorKind::Failed, "the request failed inside the node"))
 }
