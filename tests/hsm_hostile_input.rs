@@ -18,6 +18,8 @@ use support::{Cluster, log_lines, wait_until};
 use tokio::io::AsyncWriteExt;
 
 /// A login that costs the node an argon2 run (the user does not exist, so nothing is locked).
+/// The node checks at most half as many passwords at once as it has crypto threads; the others
+/// are answered busy at once.
 fn slow_request() -> Request {
     Request::Login {
         user: "nobody".into(),
@@ -142,7 +144,11 @@ async fn too_many_in_flight_is_answered_and_the_connection_stays_open() {
         let answer = raw::recv(&mut conn).await.expect("answer");
         match answer.result {
             Err(e) if e.kind == ErrorKind::TooManyInFlight => refused += 1,
-            Err(e) => assert_eq!(e.kind, ErrorKind::LoginFailed, "{e}"),
+            // Logins beyond the node's concurrent password checks are answered busy.
+            Err(e) => assert!(
+                matches!(e.kind, ErrorKind::LoginFailed | ErrorKind::Busy),
+                "{e}"
+            ),
             Ok(r) => panic!("unexpected {r:?}"),
         }
     }
@@ -203,4 +209,52 @@ fn foreign_identity(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pa
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
+    use futures_util::SinkExt;
+    let mut cluster = Cluster::init(1);
+    cluster.set_limits(1, |l| l.write_timeout_secs = 2);
+    let addr = cluster.start(1);
+    let log = cluster.node_log(1);
+    let dir = cluster.dir.clone();
+    let mut steady = raw::hello(&dir, addr).await;
+
+    // Send health requests as fast as possible and never read an answer: the node's answers
+    // fill the socket buffers, its writes stall, and after 2 s it closes the connection.
+    let mut greedy = raw::hello(&dir, addr).await;
+    let frame = bytes::Bytes::from(sealgate_hsm_proto::encode(
+        &sealgate_hsm_proto::RequestFrame {
+            id: 7,
+            request: Request::Health,
+        },
+    ));
+    let flood = async {
+        loop {
+            for _ in 0..1000 {
+                if SinkExt::<bytes::Bytes>::feed(&mut greedy, frame.clone())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if SinkExt::<bytes::Bytes>::flush(&mut greedy).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The flood ends when the node closes the connection (or stops reading it).
+    let _ = tokio::time::timeout(Duration::from_secs(30), flood).await;
+    wait_until(
+        "the stalled connection closed",
+        Duration::from_secs(20),
+        || log_lines(&log, "answers unread").len() == 1,
+    );
+    assert!(
+        raw::healthy(&mut steady, 3).await,
+        "others are still served"
+    );
+    assert_eq!(cluster.stop(1).code(), Some(0));
 }

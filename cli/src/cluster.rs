@@ -6,13 +6,14 @@ use crate::credentials::{
     password_from_file, process_env,
 };
 use crate::node;
-use crate::output::{Report, error};
+use crate::output::{self, Report, error};
 use clap::{Args, Subcommand};
 use sealgate_hsm_client::{ClientError, Credentials};
+use sealgate_hsm_node::init::InitReport;
 use sealgate_hsm_proto::{ClusterInfo, ErrorKind, Health, Reply, Request};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The PRECO's user name, fixed at initialization.
 const PRECO: &str = "admin";
@@ -22,8 +23,14 @@ const PRECO: &str = "admin";
 pub(crate) enum ClusterCommand {
     /// Create a new cluster's CA, node certificates and configuration files.
     ///
+    /// With --nodes above 1: until replication lands, the nodes do not replicate. Each starts
+    /// from its own copy of the state; `cluster activate` reaches every node, but every other
+    /// write (users, keys) lands on one node only. A warning on stderr (and "warning" in the
+    /// JSON data) says so.
+    ///
     /// JSON data: {"cluster_id", "dir", "ca_cert", "client_config", "node_configs": [..],
-    /// "preco_password_file", "next_steps": [..]}. The PRECO password itself is never printed.
+    /// "preco_password_file", "next_steps": [..], "warning"?}. The PRECO password itself is
+    /// never printed.
     Init(InitArgs),
     /// Activate the cluster: log in as the PRECO "admin" with the one-time password and set the
     /// new crypto-officer password, on every node.
@@ -48,7 +55,7 @@ pub(crate) struct InitArgs {
     /// Directory for the files (created; must not hold a cluster already).
     #[arg(long, value_name = "DIR")]
     pub(crate) dir: PathBuf,
-    /// Number of nodes (1–28).
+    /// Number of nodes (1–28). Above 1, the nodes do not replicate yet (see above).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=28))]
     pub(crate) nodes: u32,
     /// Address the nodes listen on and clients connect to.
@@ -80,6 +87,27 @@ pub(crate) async fn run(command: ClusterCommand, target: &Target) -> anyhow::Res
 pub(crate) fn init(args: InitArgs) -> anyhow::Result<Report> {
     let dir = args.dir.clone();
     let made = node::init_cluster(args.dir, args.nodes, args.host, args.base_port)?;
+    Ok(init_report(&dir, &made))
+}
+
+/// Until replication lands, what a cluster of several nodes is (one line).
+fn unreplicated_warning(nodes: usize) -> String {
+    format!(
+        "the {nodes} nodes do not replicate yet: each node starts from its own copy of the \
+         cluster state, and `cluster activate` reaches every node, but every other change \
+         (users, keys, shares, attributes) lands on one node only and the others never see \
+         it; for now, use --nodes 1, or set the cluster up through node 1 and copy its \
+         store.redb over the other nodes' (all nodes stopped)"
+    )
+}
+
+/// What `cluster init` prints about the files `made` under `dir`.
+fn init_report(dir: &Path, made: &InitReport) -> Report {
+    let paths = |p: &[PathBuf]| {
+        p.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+    };
     let start: Vec<String> = made
         .node_configs
         .iter()
@@ -97,7 +125,7 @@ pub(crate) fn init(args: InitArgs) -> anyhow::Result<Report> {
         "dir": dir.display().to_string(),
         "ca_cert": made.ca_cert.display().to_string(),
         "client_config": made.client_config.display().to_string(),
-        "node_configs": made.node_configs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "node_configs": paths(&made.node_configs),
         "preco_password_file": made.preco_password_file.display().to_string(),
         "next_steps": next_steps,
     });
@@ -129,15 +157,16 @@ pub(crate) fn init(args: InitArgs) -> anyhow::Result<Report> {
         "  2. activate the cluster (sets the crypto officer's password):"
     );
     let _ = writeln!(text, "       {activate}");
-    Ok(Report::new(data, text))
+    let report = Report::new(data, text);
+    match made.node_configs.len() {
+        0 | 1 => report,
+        n => report.with_warning(unreplicated_warning(n)),
+    }
 }
 
 /// What activation did on one node.
 fn node_failure(id: u32, e: &ClientError) -> (&'static str, String) {
-    (
-        e.kind().map_or("connection", |k| k.as_str()),
-        format!("node {id}: {e}"),
-    )
+    (output::client_error_kind(e), format!("node {id}: {e}"))
 }
 
 fn is_login_failure(e: &anyhow::Error) -> bool {
@@ -416,5 +445,70 @@ mod tests {
         );
         assert_eq!(health_json(&h)["writable"], json!(true));
         assert_eq!(info_json(&i)["keys"], json!(5));
+    }
+
+    fn made(nodes: u32) -> InitReport {
+        let dir = Path::new("/tmp/c");
+        InitReport {
+            cluster_id: "00112233445566778899aabbccddeeff".into(),
+            client_config: dir.join("client.toml"),
+            node_configs: (1..=nodes)
+                .map(|i| dir.join(format!("node-{i}.toml")))
+                .collect(),
+            preco_password_file: dir.join("preco-password"),
+            ca_cert: dir.join("ca.pem"),
+        }
+    }
+
+    #[test]
+    fn init_reports_the_files_and_next_steps() {
+        let r = init_report(Path::new("/tmp/c"), &made(1));
+        let d = r.data();
+        assert_eq!(d["cluster_id"], json!("00112233445566778899aabbccddeeff"));
+        assert_eq!(d["dir"], json!("/tmp/c"));
+        assert_eq!(d["ca_cert"], json!("/tmp/c/ca.pem"));
+        assert_eq!(d["client_config"], json!("/tmp/c/client.toml"));
+        assert_eq!(d["node_configs"], json!(["/tmp/c/node-1.toml"]));
+        assert_eq!(d["preco_password_file"], json!("/tmp/c/preco-password"));
+        assert_eq!(
+            d["next_steps"],
+            json!([
+                "sealgate node --config /tmp/c/node-1.toml",
+                "SEALGATE_CLUSTER=/tmp/c/client.toml sealgate cluster activate \
+                 --password-file /tmp/c/preco-password"
+            ])
+        );
+        assert!(d.get("warning").is_none(), "one node: no warning");
+        assert_eq!(r.warning(), None);
+        assert!(r.text().contains("node 1 config"), "{}", r.text());
+    }
+
+    #[test]
+    fn init_of_several_nodes_warns_that_they_do_not_replicate() {
+        let r = init_report(Path::new("/tmp/c"), &made(3));
+        let warning = r.warning().unwrap();
+        assert!(
+            warning.contains("3 nodes do not replicate") && warning.contains("one node only"),
+            "{warning}"
+        );
+        assert_eq!(warning.lines().count(), 1);
+        assert_eq!(r.data()["warning"], json!(warning));
+        assert_eq!(r.data()["node_configs"].as_array().unwrap().len(), 3);
+        assert_eq!(r.data()["next_steps"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn activation_failures_keep_the_interrupted_kind() {
+        let e = ClientError::Interrupted {
+            node: 2,
+            request: "activate",
+        };
+        let (kind, message) = node_failure(2, &e);
+        assert_eq!(kind, "interrupted");
+        assert!(message.starts_with("node 2: "), "{message}");
+        assert_eq!(
+            node_failure(1, &ClientError::NodeDown { node: 1 }).0,
+            "connection"
+        );
     }
 }

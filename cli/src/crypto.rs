@@ -253,38 +253,8 @@ async fn run_with(
                 other => Err(credentials::unexpected(&other)),
             }
         }
-        CryptoCommand::Encrypt(a) => {
-            let handle = a
-                .key
-                .resolve(client, Some(Purpose("encrypt", "true")))
-                .await?;
-            let request = Request::Encrypt {
-                handle,
-                mechanism: a.mechanism,
-                data,
-                aad: a.aad.unwrap_or_default().into_bytes(),
-            };
-            a.out.report(
-                "ciphertext",
-                credentials::data(client, On::Any, request).await?,
-            )
-        }
-        CryptoCommand::Decrypt(a) => {
-            let handle = a
-                .key
-                .resolve(client, Some(Purpose("decrypt", "true")))
-                .await?;
-            let request = Request::Decrypt {
-                handle,
-                mechanism: a.mechanism,
-                data,
-                aad: a.aad.unwrap_or_default().into_bytes(),
-            };
-            a.out.report(
-                "plaintext",
-                credentials::data(client, On::Any, request).await?,
-            )
-        }
+        CryptoCommand::Encrypt(a) => cipher(client, a, data, Direction::Encrypt).await,
+        CryptoCommand::Decrypt(a) => cipher(client, a, data, Direction::Decrypt).await,
         CryptoCommand::Digest(a) => {
             let request = Request::Digest { hash: a.hash, data };
             a.out
@@ -306,6 +276,70 @@ async fn run_with(
                 .report("random", credentials::data(client, On::Any, request).await?)
         }
     }
+}
+
+/// `crypto encrypt` or `crypto decrypt`: what differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+impl Direction {
+    /// The attribute the key needs (picks one half of a pair sharing a label).
+    fn purpose(self) -> Purpose {
+        match self {
+            Self::Encrypt => Purpose("encrypt", "true"),
+            Self::Decrypt => Purpose("decrypt", "true"),
+        }
+    }
+
+    /// The name of the result in JSON and in `--out`'s confirmation.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Encrypt => "ciphertext",
+            Self::Decrypt => "plaintext",
+        }
+    }
+
+    fn request(
+        self,
+        handle: u64,
+        mechanism: EncryptMechanism,
+        data: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Request {
+        match self {
+            Self::Encrypt => Request::Encrypt {
+                handle,
+                mechanism,
+                data,
+                aad,
+            },
+            Self::Decrypt => Request::Decrypt {
+                handle,
+                mechanism,
+                data,
+                aad,
+            },
+        }
+    }
+}
+
+/// Encrypts or decrypts `data` with the key of `a`.
+async fn cipher(
+    client: &Client,
+    a: EncryptArgs,
+    data: Vec<u8>,
+    direction: Direction,
+) -> anyhow::Result<Report> {
+    let handle = a.key.resolve(client, Some(direction.purpose())).await?;
+    let aad = a.aad.unwrap_or_default().into_bytes();
+    let request = direction.request(handle, a.mechanism, data, aad);
+    a.out.report(
+        direction.field(),
+        credentials::data(client, On::Any, request).await?,
+    )
 }
 
 #[cfg(test)]
@@ -354,5 +388,33 @@ mod tests {
             signature_path: None,
         };
         assert!(bad.read().is_err());
+    }
+
+    #[test]
+    fn encrypt_and_decrypt_differ_only_in_direction() {
+        let mechanism = EncryptMechanism::AesGcm;
+        let (data, aad) = (b"d".to_vec(), b"a".to_vec());
+        assert_eq!(
+            Direction::Encrypt.request(7, mechanism, data.clone(), aad.clone()),
+            Request::Encrypt {
+                handle: 7,
+                mechanism,
+                data: data.clone(),
+                aad: aad.clone()
+            }
+        );
+        assert_eq!(
+            Direction::Decrypt.request(7, mechanism, data.clone(), aad.clone()),
+            Request::Decrypt {
+                handle: 7,
+                mechanism,
+                data,
+                aad
+            }
+        );
+        assert_eq!(Direction::Encrypt.field(), "ciphertext");
+        assert_eq!(Direction::Decrypt.field(), "plaintext");
+        assert_eq!(Direction::Encrypt.purpose().to_string(), "encrypt=true");
+        assert_eq!(Direction::Decrypt.purpose().to_string(), "decrypt=true");
     }
 }

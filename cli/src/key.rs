@@ -36,7 +36,7 @@ pub(crate) enum KeyCommand {
     /// The key is wrapped here with RSA-AES under a temporary session key pair made in one
     /// node, unwrapped there, and the session keys are deleted. The new key gets sign=true
     /// unless --attr says otherwise.
-    /// JSON data: {"handle", "key_type", "node"}.
+    /// JSON data: {"handle", "handles": [h], "key_type", "node"}.
     Import(ImportArgs),
     /// Export a public key as PEM (the handle of the public or the private half).
     ///
@@ -174,7 +174,8 @@ pub(crate) struct ImportArgs {
 pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub(crate) key: KeyRef,
-    /// Write the PEM to FILE instead of stdout.
+    /// Write the PEM to FILE instead of stdout. A new FILE is created with mode 0600; an
+    /// existing one is overwritten and keeps its mode.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
@@ -190,7 +191,9 @@ pub(crate) struct WrapArgs {
     /// aes-no-pad, aes-zero-pad, rsa-oaep-HASH or rsa-aes-HASH.
     #[arg(long)]
     pub(crate) mechanism: WrapMechanism,
-    /// Write the wrapped bytes (raw) to FILE; without it they are printed in hex.
+    /// Write the wrapped bytes (raw) to FILE; without it they are printed in hex. A new FILE
+    /// is created with mode 0600 (owner only); an existing one is overwritten and keeps its
+    /// mode.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
@@ -284,7 +287,17 @@ impl Purpose {
 /// The private or secret half: what `key wrap` exports.
 const NOT_PUBLIC: Purpose = Purpose("!class", "public-key");
 
-/// Picks the key `label` names: the only match, or the only one fit for `purpose`.
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.strip_prefix('!') {
+            Some(name) => write!(f, "{name} other than {}", self.1),
+            None => write!(f, "{}={}", self.0, self.1),
+        }
+    }
+}
+
+/// Picks the key `label` names: the only match, or the only one fit for `purpose`. Otherwise
+/// the error lists every key with the label, by handle and class.
 fn pick(label: &str, keys: &[KeyInfo], purpose: Option<Purpose>) -> anyhow::Result<u64> {
     let fit: Vec<&KeyInfo> = match purpose {
         Some(p) if keys.len() > 1 => keys.iter().filter(|k| p.fits(k)).collect(),
@@ -294,16 +307,24 @@ fn pick(label: &str, keys: &[KeyInfo], purpose: Option<Purpose>) -> anyhow::Resu
         [one] => Ok(one.handle),
         [] if keys.is_empty() => Err(error(
             "not-found",
-            format!("no key labelled {label:?} is visible to this user"),
+            format!(
+                "no key labelled {label:?} is visible to this user (`sealgate key list` shows \
+                 the keys it can see)"
+            ),
         )),
         _ => {
-            let handles = keys
+            let listed = keys
                 .iter()
-                .map(|k| k.handle.to_string())
+                .map(|k| format!("{} ({})", k.handle, k.attribute("class").unwrap_or("?")))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let why = match purpose {
+                Some(p) if fit.is_empty() => format!("; none of them has {p}"),
+                Some(p) => format!("; {} of them have {p}", fit.len()),
+                None => String::new(),
+            };
             Err(usage(format!(
-                "label {label:?} matches {} keys (handles {handles}); use --handle",
+                "label {label:?} matches {} keys: handles {listed}{why}; use --handle",
                 keys.len()
             )))
         }
@@ -461,6 +482,40 @@ fn show_text(k: &KeyInfo) -> String {
     text
 }
 
+/// `key share` or `key unshare`: what differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Share,
+    Unshare,
+}
+
+impl Sharing {
+    /// The request, the report's JSON field and its human text.
+    fn parts(self, handle: u64, user: String) -> (Request, &'static str, String) {
+        match self {
+            Self::Share => {
+                let text = format!("key {handle} shared with {user}");
+                (Request::ShareKey { handle, user }, "shared_with", text)
+            }
+            Self::Unshare => {
+                let text = format!("key {handle} no longer shared with {user}");
+                (Request::UnshareKey { handle, user }, "unshared_with", text)
+            }
+        }
+    }
+}
+
+/// Shares the key of `args` with `args.with`, or stops sharing it.
+async fn set_sharing(client: &Client, args: ShareArgs, how: Sharing) -> anyhow::Result<Report> {
+    let handle = args.key.resolve(client, Purpose::ANY).await?;
+    let (request, field, text) = how.parts(handle, args.with.clone());
+    credentials::done(client, On::Any, request).await?;
+    Ok(Report::new(
+        json!({"handle": handle, field: args.with}),
+        text,
+    ))
+}
+
 /// Runs a `key` command.
 pub(crate) async fn run(command: KeyCommand, target: &Target) -> anyhow::Result<Report> {
     let client = credentials::connect_user(target).await?;
@@ -566,30 +621,8 @@ async fn run_with(client: &Client, command: KeyCommand) -> anyhow::Result<Report
                 other => Err(credentials::unexpected(&other)),
             }
         }
-        KeyCommand::Share(args) => {
-            let handle = args.key.resolve(client, Purpose::ANY).await?;
-            let request = Request::ShareKey {
-                handle,
-                user: args.with.clone(),
-            };
-            credentials::done(client, On::Any, request).await?;
-            Ok(Report::new(
-                json!({"handle": handle, "shared_with": args.with}),
-                format!("key {handle} shared with {}", args.with),
-            ))
-        }
-        KeyCommand::Unshare(args) => {
-            let handle = args.key.resolve(client, Purpose::ANY).await?;
-            let request = Request::UnshareKey {
-                handle,
-                user: args.with.clone(),
-            };
-            credentials::done(client, On::Any, request).await?;
-            Ok(Report::new(
-                json!({"handle": handle, "unshared_with": args.with}),
-                format!("key {handle} no longer shared with {}", args.with),
-            ))
-        }
+        KeyCommand::Share(args) => set_sharing(client, args, Sharing::Share).await,
+        KeyCommand::Unshare(args) => set_sharing(client, args, Sharing::Unshare).await,
         KeyCommand::SetAttribute(args) => {
             let handle = args.key.resolve(client, Purpose::ANY).await?;
             let changed: Map<String, Value> = args
@@ -738,11 +771,20 @@ async fn import(client: &Client, args: &ImportArgs) -> anyhow::Result<Report> {
             tracing::warn!("cannot delete session key {handle} on node {node}: {e:#}");
         }
     }
-    let handle = result?;
-    Ok(Report::new(
-        json!({"handle": handle, "key_type": key_type.as_str(), "node": node}),
+    Ok(import_report(result?, key_type, node))
+}
+
+/// The report of `key import`: the same `"handle"`/`"handles"` shape as `generate`/`unwrap`.
+fn import_report(handle: u64, key_type: crypto::KeyType, node: u32) -> Report {
+    Report::new(
+        json!({
+            "handle": handle,
+            "handles": [handle],
+            "key_type": key_type.as_str(),
+            "node": node,
+        }),
         format!("imported {key_type} private key as handle {handle}"),
-    ))
+    )
 }
 
 async fn import_with(
@@ -917,11 +959,76 @@ mod tests {
             5
         );
         assert_eq!(pick("web", &pair, Some(NOT_PUBLIC)).unwrap(), 6);
-        let err = pick("web", &pair, Purpose::ANY).unwrap_err().to_string();
-        assert!(err.contains("5, 6") && err.contains("--handle"), "{err}");
-        let err = pick("web", &[], Purpose::ANY).unwrap_err().to_string();
-        assert!(err.contains("no key labelled"), "{err}");
+        let err = pick("web", &pair, Purpose::ANY).unwrap_err();
+        assert_eq!(output::classify(&err).0, "usage");
+        assert_eq!(
+            err.to_string(),
+            "label \"web\" matches 2 keys: handles 5 (public-key), 6 (private-key); use --handle"
+        );
+        let err = pick("web", &[], Purpose::ANY).unwrap_err();
+        assert_eq!(output::classify(&err).0, "not-found");
+        assert!(err.to_string().contains("no key labelled \"web\""), "{err}");
         assert_eq!(pick("web", &pair[..1], Purpose::ANY).unwrap(), 5);
+
+        // Several keys, none fit: every match is listed, with what was looked for.
+        let err = pick("web", &pair, Some(Purpose("decrypt", "true")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "label \"web\" matches 2 keys: handles 5 (public-key), 6 (private-key); none of \
+             them has decrypt=true; use --handle"
+        );
+        // Several fit.
+        let three = [
+            key(5, "public-key", false),
+            key(6, "private-key", true),
+            key(7, "private-key", true),
+        ];
+        let err = pick("web", &three, Some(NOT_PUBLIC))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("handles 5 (public-key), 6 (private-key), 7 (private-key)")
+                && err.contains("2 of them have class other than public-key"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1);
+    }
+
+    #[test]
+    fn share_and_unshare_differ_only_in_request_and_wording() {
+        let (request, field, text) = Sharing::Share.parts(5, "bob".into());
+        assert_eq!(
+            request,
+            Request::ShareKey {
+                handle: 5,
+                user: "bob".into()
+            }
+        );
+        assert_eq!(field, "shared_with");
+        assert_eq!(text, "key 5 shared with bob");
+        let (request, field, text) = Sharing::Unshare.parts(5, "bob".into());
+        assert_eq!(
+            request,
+            Request::UnshareKey {
+                handle: 5,
+                user: "bob".into()
+            }
+        );
+        assert_eq!(field, "unshared_with");
+        assert_eq!(text, "key 5 no longer shared with bob");
+    }
+
+    #[test]
+    fn import_reports_handles_like_generate_and_unwrap() {
+        let r = import_report(9, crypto::KeyType::Ec, 1);
+        assert_eq!(r.data()["handle"], json!(9));
+        assert_eq!(r.data()["handles"], json!([9]));
+        assert_eq!(r.data()["key_type"], json!("ec"));
+        assert_eq!(r.data()["node"], json!(1));
+        let generated = created_report(&[9], false).unwrap();
+        assert_eq!(generated.data()["handles"], r.data()["handles"]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ mod user;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use output::{Format, Report};
+use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,7 +30,10 @@ use std::process::ExitCode;
 /// SEALGATE_PASSWORD or typed at a prompt. New passwords come from SEALGATE_NEW_PASSWORD or a
 /// prompt. `--output json` prints exactly one JSON object:
 /// {"ok": true, "data": …, "error": null} or {"ok": false, "data": null, "error": {"kind",
-/// "message"}}. Exit code 0 on success, 1 on failure, 2 on a usage error.
+/// "message"}} (`node` only for startup errors: see `sealgate node --help`). Error kind
+/// "interrupted": a write was cut off and may or may not have been applied; check before
+/// repeating it. Errors and warnings go to stderr as one line each. Exit code 0 on success,
+/// 1 on failure, 2 on a usage error.
 #[derive(Debug, Parser)]
 #[command(name = "sealgate", version, about, long_about)]
 struct Cli {
@@ -56,6 +61,13 @@ struct Global {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one HSM node until SIGTERM or SIGINT.
+    ///
+    /// Once it listens, the node prints `sealgate node ID listening on ADDRESS` on stdout, as
+    /// text whatever --output says: that line is its lifetime output, the one supervisors wait
+    /// for. `node` ignores --output json for it and prints JSON only for a startup error
+    /// ({"ok": false, …}: unusable configuration, store, certificates or address); a clean stop
+    /// adds nothing to stdout in JSON (people get `sealgate node ID stopped`). Logs go to
+    /// stderr (SEALGATE_LOG, default info).
     Node(node::NodeArgs),
     /// Create, activate and inspect a cluster.
     #[command(subcommand)]
@@ -72,11 +84,75 @@ enum Command {
 }
 
 /// Whether the raw arguments ask for JSON (for errors clap reports before parsing finishes).
-fn wants_json(args: &[String]) -> bool {
-    args.iter().any(|a| a == "--output=json")
+/// Arguments need not be UTF-8: they are compared lossily.
+fn wants_json(args: &[OsString]) -> bool {
+    let is = |a: &OsString, s: &str| a.to_string_lossy() == s;
+    args.iter().any(|a| is(a, "--output=json"))
         || args
             .windows(2)
-            .any(|w| matches!(w, [flag, value] if flag == "--output" && value == "json"))
+            .any(|w| matches!(w, [flag, value] if is(flag, "--output") && is(value, "json")))
+}
+
+/// The usage lines of clap's rendered error (empty if it has none), joined with " | ".
+fn clap_usage(detail: &str) -> String {
+    detail
+        .lines()
+        .skip_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("Usage:").trim())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// For a command group called without its command (`sealgate key`): which commands it has.
+/// clap would print the whole help there.
+fn missing_command(usage: &str) -> Option<String> {
+    let path: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<']))
+        .collect();
+    let mut cmd = Cli::command();
+    for word in path.iter().skip(1) {
+        cmd = cmd.find_subcommand(word)?.clone();
+    }
+    let names: Vec<&str> = cmd
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .filter(|n| *n != "help")
+        .collect();
+    (!names.is_empty())
+        .then(|| format!("`{}` needs a command: {}", path.join(" "), names.join(", ")))
+}
+
+/// clap's error on one line, without its usage block and help hint ("the following required
+/// arguments were not provided: --with <USER>").
+fn clap_message(e: &clap::Error) -> String {
+    let detail = e.render().to_string();
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        && let Some(message) = missing_command(&clap_usage(&detail))
+    {
+        return message;
+    }
+    let message = detail
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim().trim_start_matches("error: "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    output::single_line(&message)
+}
+
+/// clap's error for people, on one line: the message, the usage if clap gave one, and where
+/// to read more.
+fn clap_line(e: &clap::Error) -> String {
+    let usage = clap_usage(&e.render().to_string());
+    let message = clap_message(e);
+    if usage.is_empty() {
+        format!("{message} (see --help)")
+    } else {
+        output::single_line(&format!("{message} (usage: {usage}; see --help)"))
+    }
 }
 
 fn init_logging(default: &str) {
@@ -120,31 +196,35 @@ fn run(cli: Cli) -> anyhow::Result<Report> {
     }
 }
 
+/// Parses the arguments (which need not be UTF-8: clap refuses a non-UTF-8 value where text
+/// is expected with a usage error, and takes it as it is for file names). An error is printed
+/// as one line on stderr (and as JSON with `--output json`); help and version go to stdout.
+fn parse_args(args: &[OsString]) -> Result<Cli, ExitCode> {
+    Cli::try_parse_from(args).map_err(|e| {
+        if !e.use_stderr() {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        if wants_json(args) {
+            output::print_json(&output::error_envelope("usage", &clap_message(&e)));
+        }
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(stderr, "error: {}", clap_line(&e));
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    })
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<OsString> = std::env::args_os().collect();
     if args.len() <= 1 {
         // No arguments: show what the binary is, like `--help`.
         let _ = Cli::command().print_long_help();
         return ExitCode::SUCCESS;
     }
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match parse_args(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            if e.use_stderr() && wants_json(&args) {
-                // clap's message without the usage block and help hint, on one line
-                // ("the following required arguments were not provided: --with <USER>").
-                let detail = e.render().to_string();
-                let message = detail
-                    .lines()
-                    .take_while(|l| !l.starts_with("Usage:"))
-                    .map(|l| l.trim().trim_start_matches("error: "))
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                output::print_json(&output::error_envelope("usage", &message));
-            }
-            e.exit();
-        }
+        Err(code) => return code,
     };
     let format = cli.global.output;
     let default_level = if matches!(cli.command, Command::Node(_)) {
@@ -273,11 +353,78 @@ mod tests {
         assert!(parse("crypto verify --handle 4 --mechanism ed25519 --data x").is_err());
     }
 
+    fn os_args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
     #[test]
     fn json_is_seen_in_raw_arguments() {
-        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-        assert!(wants_json(&args("sealgate key list --output json")));
-        assert!(wants_json(&args("sealgate --output=json key")));
-        assert!(!wants_json(&args("sealgate key list --output human")));
+        assert!(wants_json(&os_args("sealgate key list --output json")));
+        assert!(wants_json(&os_args("sealgate --output=json key")));
+        assert!(!wants_json(&os_args("sealgate key list --output human")));
+        assert!(!wants_json(&os_args("sealgate key list --output")));
+    }
+
+    #[cfg(unix)]
+    fn not_utf8() -> OsString {
+        use std::os::unix::ffi::OsStringExt as _;
+        OsString::from_vec(vec![b'w', 0xff, b'b'])
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_arguments_are_usage_errors_not_panics() {
+        // Where text is expected (a label, a subcommand), clap refuses it.
+        let mut args = os_args("sealgate --output json key show --label");
+        args.push(not_utf8());
+        assert!(wants_json(&args));
+        let e = Cli::try_parse_from(&args).unwrap_err();
+        assert!(e.use_stderr());
+        assert_eq!(e.exit_code(), 2);
+        let line = clap_line(&e);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!clap_message(&e).is_empty());
+
+        let mut args = os_args("sealgate");
+        args.push(not_utf8());
+        assert!(Cli::try_parse_from(&args).is_err());
+        assert!(!wants_json(&args));
+
+        // A file name is taken as it is.
+        let mut args = os_args("sealgate node --config");
+        args.push(not_utf8());
+        let cli = Cli::try_parse_from(&args).unwrap();
+        let Command::Node(node) = cli.command else {
+            panic!("node")
+        };
+        assert_eq!(node.config.as_os_str(), not_utf8().as_os_str());
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for line in [
+            "sealgate frobnicate",
+            "sealgate key share --handle 1",
+            "sealgate crypto sign --handle x --mechanism ed25519",
+            "sealgate key --hndle 1",
+            "sealgate cluster",
+        ] {
+            let e = Cli::try_parse_from(os_args(line)).unwrap_err();
+            let text = clap_line(&e);
+            assert_eq!(text.lines().count(), 1, "{line}: {text}");
+            assert!(text.contains("--help"), "{line}: {text}");
+            assert!(!clap_message(&e).contains("Usage"), "{line}");
+        }
+        let e = Cli::try_parse_from(os_args("sealgate key generate")).unwrap_err();
+        assert_eq!(
+            clap_message(&e),
+            "`sealgate key generate` needs a command: rsa, ec, ed25519, aes, generic-secret"
+        );
+        let e = Cli::try_parse_from(os_args("sealgate key share --handle 1")).unwrap_err();
+        let text = clap_line(&e);
+        assert!(
+            text.contains("--with <USER>") && text.contains("usage: sealgate key share"),
+            "{text}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::output::{Report, error};
 use clap::Args;
-use serde_json::json;
+use sealgate_hsm_node::init::{self, InitReport};
 use std::path::PathBuf;
 
 /// `sealgate node --config FILE`.
@@ -15,33 +15,19 @@ pub(crate) struct NodeArgs {
 }
 
 /// Runs one HSM node until SIGTERM or SIGINT. The node prints
-/// `sealgate node ID listening on ADDRESS` once it listens.
+/// `sealgate node ID listening on ADDRESS` on stdout once it listens, in both output formats:
+/// that line is the node's lifetime output, the one supervisors wait for.
 ///
-/// JSON (`--output json`, when the node stops cleanly): `{"node": id, "stopped": true}`.
+/// `--output json` covers startup errors only (`{"ok": false, …}` when the configuration,
+/// store, certificates or address are unusable); a clean stop prints nothing more on stdout
+/// in JSON, so stdout never mixes the text line with a JSON object. People get
+/// `sealgate node ID stopped`.
 pub(crate) fn run(args: &NodeArgs) -> anyhow::Result<Report> {
     let config = sealgate_hsm_node::NodeConfig::load(&args.config)
         .map_err(|e| error("config", e.to_string()))?;
     let id = config.id;
     sealgate_hsm_node::run(config).map_err(|e| error("failed", e.to_string()))?;
-    Ok(Report::new(
-        json!({"node": id, "stopped": true}),
-        format!("sealgate node {id} stopped"),
-    ))
-}
-
-/// What `cluster init` made.
-#[derive(Debug)]
-pub(crate) struct InitSummary {
-    /// The new cluster's id (hex).
-    pub(crate) cluster_id: String,
-    /// The clients' `client.toml`.
-    pub(crate) client_config: PathBuf,
-    /// One `node.toml` per node, by node id.
-    pub(crate) node_configs: Vec<PathBuf>,
-    /// The file holding the PRECO's one-time password.
-    pub(crate) preco_password_file: PathBuf,
-    /// The cluster CA certificate.
-    pub(crate) ca_cert: PathBuf,
+    Ok(Report::human_only(format!("sealgate node {id} stopped")))
 }
 
 /// Writes a new cluster's CA, certificates and configuration files under `dir`.
@@ -50,20 +36,12 @@ pub(crate) fn init_cluster(
     nodes: u32,
     host: String,
     base_port: u16,
-) -> anyhow::Result<InitSummary> {
-    use sealgate_hsm_node::init::{InitOptions, init_cluster};
-    let report = init_cluster(&InitOptions {
+) -> anyhow::Result<InitReport> {
+    init::init_cluster(&init::InitOptions {
         dir,
         nodes,
         host,
         base_port,
     })
-    .map_err(|e| error("failed", e.to_string()))?;
-    Ok(InitSummary {
-        cluster_id: report.cluster_id,
-        client_config: report.client_config,
-        node_configs: report.node_configs,
-        preco_password_file: report.preco_password_file,
-        ca_cert: report.ca_cert,
-    })
+    .map_err(|e| error("failed", e.to_string()))
 }

@@ -8,10 +8,17 @@
 //! `sealgate_hsm_proto::ErrorKind::as_str` names them) or the command's own: `usage` (arguments
 //! that do not fit together), `config` (no cluster file, unreadable configuration), `input` (a
 //! file or value that cannot be used), `io` (a file could not be read or written),
-//! `connection` (no answer from the cluster) and `failed`.
+//! `connection` (no answer from the cluster), `interrupted` (a write was sent, then its node
+//! failed or did not answer in time: it may or may not have been applied, so check before
+//! repeating it) and `failed`.
 //!
 //! Byte results (signatures, ciphertexts, digests, random bytes) are written hex (the default),
-//! base64 or raw, to stdout or to `--out FILE`; see [`BytesOut`].
+//! base64 or raw, to stdout or to `--out FILE`; see [`BytesOut`]. Files written for `--out` are
+//! created readable by their owner only (mode 0600): they can hold plaintext, wrapped keys or
+//! random secrets. An existing file is overwritten and keeps its mode, like `openssl -out`.
+//!
+//! A command may also warn (one line, `warning: MESSAGE`, on stderr in both formats; the JSON
+//! data then has a `"warning"` field with the same text).
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -35,8 +42,10 @@ pub(crate) enum Format {
 /// What a successful command hands back: the JSON `data` and what a person sees.
 #[derive(Debug)]
 pub(crate) struct Report {
-    data: Value,
+    /// `None`: nothing is printed with `--output json` (see [`Report::human_only`]).
+    data: Option<Value>,
     human: Human,
+    warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -49,23 +58,52 @@ impl Report {
     /// `data` for `--output json`, `text` (one or more lines) for people.
     pub(crate) fn new(data: Value, text: impl Into<String>) -> Self {
         Self {
-            data,
+            data: Some(data),
             human: Human::Text(text.into()),
+            warning: None,
         }
     }
 
     /// `data` for `--output json`, `bytes` written as they are to stdout for people.
     pub(crate) fn bytes(data: Value, bytes: Vec<u8>) -> Self {
         Self {
-            data,
+            data: Some(data),
             human: Human::Bytes(bytes),
+            warning: None,
         }
     }
 
-    /// The JSON data.
+    /// `text` for people, nothing at all on stdout with `--output json` (`sealgate node`,
+    /// whose stdout is its lifetime output, not one result).
+    pub(crate) fn human_only(text: impl Into<String>) -> Self {
+        Self {
+            data: None,
+            human: Human::Text(text.into()),
+            warning: None,
+        }
+    }
+
+    /// Adds a warning: printed on stderr as one line `warning: TEXT` (in both formats) and, when
+    /// the data is an object, put in it as `"warning"`.
+    pub(crate) fn with_warning(mut self, text: impl Into<String>) -> Self {
+        let text = single_line(&text.into());
+        if let Some(Value::Object(map)) = &mut self.data {
+            map.insert("warning".into(), Value::String(text.clone()));
+        }
+        self.warning = Some(text);
+        self
+    }
+
+    /// The JSON data (`null` for a human-only report).
     #[cfg(test)]
     pub(crate) fn data(&self) -> &Value {
-        &self.data
+        self.data.as_ref().unwrap_or(&Value::Null)
+    }
+
+    /// The warning, if any.
+    #[cfg(test)]
+    pub(crate) fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// The human text (empty for raw bytes).
@@ -111,16 +149,24 @@ pub(crate) fn input(message: impl Into<String>) -> anyhow::Error {
     error("input", message)
 }
 
+/// The JSON kind of a client error: the node's kind when a node answered, `interrupted` when a
+/// write may or may not have been applied (never worth a blind retry), else `connection`.
+pub(crate) fn client_error_kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Interrupted { .. } => "interrupted",
+        _ => e.kind().map_or("connection", |k| k.as_str()),
+    }
+}
+
 /// The JSON kind and exit code of an error.
-fn classify(err: &anyhow::Error) -> (String, u8) {
+pub(crate) fn classify(err: &anyhow::Error) -> (String, u8) {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<CliError>() {
             let code = if e.kind == "usage" { 2 } else { 1 };
             return (e.kind.to_owned(), code);
         }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
-            let kind = e.kind().map_or("connection", |k| k.as_str());
-            return (kind.to_owned(), 1);
+            return (client_error_kind(e).to_owned(), 1);
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return ("io".to_owned(), 1);
@@ -139,6 +185,14 @@ pub(crate) fn error_envelope(kind: &str, message: &str) -> Value {
     json!({"ok": false, "data": null, "error": {"kind": kind, "message": message}})
 }
 
+/// `text` on one line: newlines, tabs and other control characters (a node's message could
+/// hold terminal escapes) become spaces.
+pub(crate) fn single_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// One line: the error and its causes (each cause once: many errors print their source in
 /// their own message already), newlines folded.
 fn one_line(err: &anyhow::Error) -> String {
@@ -153,7 +207,7 @@ fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    line.replace('\n', " ")
+    single_line(&line)
 }
 
 fn write_stdout(bytes: &[u8]) {
@@ -172,8 +226,16 @@ pub(crate) fn print_json(value: &Value) {
 pub(crate) fn finish(format: Format, result: anyhow::Result<Report>) -> ExitCode {
     match result {
         Ok(report) => {
+            if let Some(warning) = &report.warning {
+                let mut stderr = std::io::stderr().lock();
+                let _ = writeln!(stderr, "warning: {warning}");
+            }
             match (format, report.human) {
-                (Format::Json, _) => print_json(&success_envelope(report.data)),
+                (Format::Json, _) => {
+                    if let Some(data) = report.data {
+                        print_json(&success_envelope(data));
+                    }
+                }
                 (Format::Human, Human::Text(text)) if text.is_empty() => {}
                 (Format::Human, Human::Text(text)) => {
                     let text = if text.ends_with('\n') {
@@ -223,7 +285,9 @@ pub(crate) struct BytesOut {
     /// How to write the bytes.
     #[arg(long, value_enum, default_value_t = Encoding::Hex)]
     pub(crate) format: Encoding,
-    /// Write the bytes to FILE instead of stdout.
+    /// Write the bytes to FILE instead of stdout. A new FILE is created with mode 0600 (owner
+    /// only: it may hold plaintext or secrets); an existing one is overwritten and keeps its
+    /// mode.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
@@ -236,9 +300,24 @@ pub(crate) fn encode_text(encoding: Encoding, bytes: &[u8]) -> String {
     }
 }
 
-/// Writes `bytes` to `path`, naming the file in the error.
+/// Writes `bytes` to `path` (an `--out` file), naming the file in the error. A new file is
+/// created with mode 0600, since it may hold decrypted plaintext, a wrapped key or random
+/// secrets; an existing file is truncated and keeps its mode (as `openssl -out` does).
 pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.flush()
+        })
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl BytesOut {
@@ -329,5 +408,77 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), vec![1, 2, 3]);
         assert_eq!(r.data()["out"], json!(path.display().to_string()));
         assert!(r.text().contains("sig.bin"));
+    }
+
+    #[test]
+    fn an_interrupted_write_is_its_own_kind() {
+        let interrupted = ClientError::Interrupted {
+            node: 2,
+            request: "generate-key",
+        };
+        assert_eq!(client_error_kind(&interrupted), "interrupted");
+        let err = anyhow::Error::new(interrupted).context("cannot generate the key");
+        assert_eq!(classify(&err), ("interrupted".to_owned(), 1));
+        assert!(one_line(&err).contains("may or may not have been applied"));
+        // Transport failures of requests safe to repeat stay `connection`.
+        let down = anyhow::Error::new(ClientError::NodeDown { node: 1 });
+        assert_eq!(classify(&down), ("connection".to_owned(), 1));
+        let none = anyhow::Error::new(ClientError::NoNodeAvailable);
+        assert_eq!(classify(&none), ("connection".to_owned(), 1));
+    }
+
+    #[test]
+    fn error_lines_are_one_line() {
+        let err = input("line one\nline two\r\n\x1b[31mred\tend");
+        let line = one_line(&err);
+        assert_eq!(line.lines().count(), 1, "{line:?}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("line one line two") && line.ends_with("red end"));
+    }
+
+    #[test]
+    fn warnings_go_in_the_data_and_on_one_line() {
+        let r = Report::new(json!({"a": 1}), "text").with_warning("careful\nnow");
+        assert_eq!(r.warning(), Some("careful now"));
+        assert_eq!(r.data()["warning"], json!("careful now"));
+        assert_eq!(r.data()["a"], json!(1));
+        let r = Report::human_only("node stopped").with_warning("w");
+        assert_eq!(r.data(), &Value::Null);
+        assert_eq!(r.text(), "node stopped");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn out_files_are_created_owner_only_and_keep_an_existing_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+
+        let new = dir.path().join("plain.bin");
+        write_file(&new, b"secret").unwrap();
+        assert_eq!(mode(&new), 0o600);
+        assert_eq!(std::fs::read(&new).unwrap(), b"secret");
+
+        let existing = dir.path().join("shared.pem");
+        std::fs::write(&existing, b"a much longer old content").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&existing, b"new").unwrap();
+        assert_eq!(mode(&existing), 0o644, "an existing file keeps its mode");
+        assert_eq!(
+            std::fs::read(&existing).unwrap(),
+            b"new",
+            "and is truncated"
+        );
+
+        let out = BytesOut {
+            format: Encoding::Raw,
+            out: Some(dir.path().join("random.bin")),
+        };
+        out.report("random", vec![7; 16]).unwrap();
+        assert_eq!(mode(&dir.path().join("random.bin")), 0o600);
+
+        let err = write_file(&dir.path().join("no/such/dir"), b"x").unwrap_err();
+        assert_eq!(classify(&err).0, "io");
+        assert!(one_line(&err).contains("no/such/dir"));
     }
 }

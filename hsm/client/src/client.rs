@@ -66,8 +66,14 @@ pub struct NodeStatus {
     pub sent: u64,
     /// Requests that failed on it (connection lost, timeout) and were offered to another node.
     pub failovers: u64,
-    /// `busy` (or `unavailable`) answers from it that were retried.
+    /// Answers from it that were retried: `busy` and `too-many-in-flight` (the request did not
+    /// run), and `unavailable` to requests safe to repeat.
     pub retries: u64,
+    /// Whether the node refused the client's credentials (`login-failed` or `user-locked`),
+    /// so the client stopped logging in to it: it stays down until the client is connected
+    /// again with valid credentials (or the user unlocked). Failed logins count toward
+    /// lockout, so the client never guesses again on its own.
+    pub parked: bool,
     /// The last failure: why it went down, why a reconnect failed.
     pub last_error: Option<String>,
 }
@@ -129,6 +135,7 @@ impl Client {
         };
         let shared = Arc::new(Shared {
             tls,
+            cluster_id: config.cluster_id.filter(|id| !id.is_empty()),
             credentials,
             settings,
             shutdown: CancellationToken::new(),
@@ -149,11 +156,15 @@ impl Client {
         };
         let nodes = &client.inner.nodes;
 
-        let opened =
-            join_all(nodes.iter().map(|node| {
-                connection::open(&node.endpoint, &shared.tls, settings.connect_timeout)
-            }))
-            .await;
+        let opened = join_all(nodes.iter().map(|node| {
+            connection::open(
+                &node.endpoint,
+                &shared.tls,
+                shared.cluster_id.as_deref(),
+                settings.connect_timeout,
+            )
+        }))
+        .await;
         let mut first_error = None;
         let mut conns: Vec<(&Arc<Node>, Arc<Connection>)> = Vec::new();
         for (node, result) in nodes.iter().zip(opened) {
@@ -171,6 +182,7 @@ impl Client {
             // One node first: a wrong password must cost one failed login, not one per node.
             let mut rest = conns.into_iter();
             let mut first = None;
+            let mut login_error = None;
             for (node, conn) in rest.by_ref() {
                 match node::login(node, &conn, credentials, &settings).await {
                     Ok(()) => {
@@ -179,15 +191,19 @@ impl Client {
                     }
                     Err(error) if node::login_refused(&error) => return Err(error),
                     Err(error) => {
-                        // Busy, or no answer (the node failed meanwhile): try the next node.
-                        conn.close("login was interrupted");
+                        // Busy, unavailable, a limit, no answer (the node failed meanwhile):
+                        // try the next node.
+                        conn.close("login failed");
                         node.record_error(&error);
-                        first_error.get_or_insert(error);
+                        login_error.get_or_insert(error);
                     }
                 }
             }
             let Some(first) = first else {
-                return Err(first_error.unwrap_or(ClientError::NoNodeAvailable));
+                // A node's answer to the login says more than another node's connect error.
+                return Err(login_error
+                    .or(first_error)
+                    .unwrap_or(ClientError::NoNodeAvailable));
             };
             let rest: Vec<_> = rest.collect();
             let logins = join_all(
@@ -228,13 +244,28 @@ impl Client {
     /// Sends `request` to a healthy node chosen by power of two choices on outstanding
     /// requests, and returns its answer.
     ///
-    /// A `busy` (or `unavailable`) answer is retried up to `busy_retries` times with
-    /// exponential backoff and jitter, on another node when there is one. If the node fails
-    /// (connection lost, no answer within `request_timeout`), a request that is safe to repeat
-    /// ([`Request::is_idempotent`]) is sent to another healthy node, at most once per node;
-    /// any other request fails with [`ClientError::Interrupted`] and is never sent twice.
+    /// A `busy` or `too-many-in-flight` answer (the node did not run the request) is retried
+    /// up to `busy_retries` times with exponential backoff and jitter, on another node when
+    /// there is one; so is `unavailable` to a request that is safe to repeat
+    /// ([`Request::is_idempotent`]). A write answered `unavailable` is returned as the node's
+    /// error (kind [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)) and never re-sent:
+    /// the node answers so after its store failed, when the write may already be applied. If
+    /// the node fails (connection lost, no answer within `request_timeout`), a request that is
+    /// safe to repeat is sent to another healthy node, at most once per node; any other request
+    /// fails with [`ClientError::Interrupted`] and is never sent twice.
+    ///
+    /// A request naming a session key (a handle with bit 63 set, see
+    /// [`Request::session_handle`]) is refused with [`ClientError::SessionKeyNeedsNode`]:
+    /// session keys live on the node that created them, and the same number names another key
+    /// on other nodes. Send it with [`Client::call_on`] to that node.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         self.check(&request)?;
+        if let Some(handle) = request.session_handle() {
+            return Err(ClientError::SessionKeyNeedsNode {
+                request: request.name(),
+                handle,
+            });
+        }
         let settings = self.inner.shared.settings;
         let mut failed: Vec<u32> = Vec::new();
         let mut avoid = None;
@@ -250,7 +281,8 @@ impl Client {
             {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error))
-                    if node::refused_unrun(error.kind) && retries < settings.busy_retries =>
+                    if node::may_resend(error.kind, &request)
+                        && retries < settings.busy_retries =>
                 {
                     retries += 1;
                     node.count_retry();
@@ -291,7 +323,8 @@ impl Client {
     }
 
     /// Sends `request` to node `node_id` only: no failover (node-local session keys, per-node
-    /// administration); `busy` answers are still retried on that node.
+    /// administration). `busy` answers (and `unavailable` to requests safe to repeat) are
+    /// still retried on that node.
     pub async fn call_on(&self, node_id: u32, request: Request) -> Result<Reply, ClientError> {
         self.check(&request)?;
         let node = self

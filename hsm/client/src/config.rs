@@ -6,12 +6,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Longest timeout or interval accepted in `[client]`: one hour, in milliseconds (so a
+/// deadline computed from it never overflows).
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
 /// The file as written (`cluster init` writes one). Relative paths are relative to the file's
 /// directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
-    /// The cluster's id (hex), for messages; optional.
+    /// The cluster's id (hex); optional. When given, the client refuses nodes whose welcome
+    /// names another cluster (an uninitialized node, with no id yet, is accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
     /// PEM file of the cluster CA that signed the nodes' certificates.
@@ -27,7 +32,7 @@ pub struct ClientFile {
     pub nodes: Vec<NodeSection>,
 }
 
-/// `[client]`: timeouts and retries (milliseconds).
+/// `[client]`: timeouts and retries (milliseconds, each from 1 to 3 600 000, one hour).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientSection {
@@ -69,7 +74,7 @@ pub struct NodeSection {
 /// A checked client configuration: absolute paths, resolved addresses, durations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The cluster's id, if the file names it.
+    /// The cluster's id, if the file names it: nodes of another cluster are refused.
     pub cluster_id: Option<String>,
     /// CA certificate file.
     pub ca: PathBuf,
@@ -177,9 +182,14 @@ impl ClientConfig {
             });
         }
         let c = &file.client;
-        let positive = |value: u64, key: &str| {
+        let duration = |value: u64, key: &str| {
             if value == 0 {
                 Err(invalid(format!("client.{key}"), "must be greater than 0"))
+            } else if value > MAX_TIMEOUT_MS {
+                Err(invalid(
+                    format!("client.{key}"),
+                    "must be at most 3600000 (one hour)",
+                ))
             } else {
                 Ok(Duration::from_millis(value))
             }
@@ -190,9 +200,9 @@ impl ClientConfig {
             cert: base.join(&file.cert),
             key: base.join(&file.key),
             nodes,
-            request_timeout: positive(c.request_timeout_ms, "request_timeout_ms")?,
-            connect_timeout: positive(c.connect_timeout_ms, "connect_timeout_ms")?,
-            health_interval: positive(c.health_interval_ms, "health_interval_ms")?,
+            request_timeout: duration(c.request_timeout_ms, "request_timeout_ms")?,
+            connect_timeout: duration(c.connect_timeout_ms, "connect_timeout_ms")?,
+            health_interval: duration(c.health_interval_ms, "health_interval_ms")?,
             busy_retries: c.busy_retries,
         })
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use sealgate_hsm_proto::{
-    self as proto, Hello, MAX_FRAME_LEN, MIN_VERSION, Reply, Request, RequestFrame, VERSION,
+    self as proto, Hello, MAX_RESPONSE_LEN, MIN_VERSION, Reply, Request, RequestFrame, VERSION,
     Welcome,
 };
 use serde::Serialize;
@@ -35,6 +35,8 @@ use tracing::debug;
 const CLIENT_NAME: &str = concat!("sealgate-hsm-client/", env!("CARGO_PKG_VERSION"));
 /// The id of the hello request; later requests count up from the next one.
 const HELLO_ID: u64 = 1;
+/// The deadline used for a timeout too long to add to the current instant.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// How long a closing connection may take to send TLS close_notify.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
@@ -170,10 +172,12 @@ impl Drop for Connection {
 }
 
 /// Connects to `endpoint`: TCP, TLS (server name from the endpoint), hello; all within
-/// `timeout`.
+/// `timeout`. With `cluster_id`, a node whose welcome names another cluster is refused
+/// ([`ConnectError::WrongCluster`]) before anything else is sent to it.
 pub(crate) async fn open(
     endpoint: &NodeEndpoint,
     tls: &TlsConnector,
+    cluster_id: Option<&str>,
     timeout: Duration,
 ) -> Result<Connection, ClientError> {
     let name = server_name(endpoint)?;
@@ -182,10 +186,11 @@ pub(crate) async fn open(
         address: endpoint.address,
         source,
     };
-    let (transport, welcome) = tokio::time::timeout(timeout, handshake(endpoint, tls, name))
-        .await
-        .map_err(|_| connect_error(ConnectError::Timeout(timeout)))?
-        .map_err(connect_error)?;
+    let (transport, welcome) =
+        tokio::time::timeout(timeout, handshake(endpoint, tls, name, cluster_id))
+            .await
+            .map_err(|_| connect_error(ConnectError::Timeout(timeout)))?
+            .map_err(connect_error)?;
     debug!(
         node = endpoint.id,
         version = welcome.version,
@@ -207,11 +212,13 @@ async fn handshake(
     endpoint: &NodeEndpoint,
     tls: &TlsConnector,
     name: ServerName<'static>,
+    cluster_id: Option<&str>,
 ) -> Result<(Transport, Welcome), ConnectError> {
     let tcp = TcpStream::connect(endpoint.address).await?;
     tcp.set_nodelay(true)?;
     let stream = tls.connect(name, tcp).await?;
-    let mut transport = Framed::new(stream, proto::length_codec(MAX_FRAME_LEN));
+    // Reads answers (the welcome) up to the response limit; the hello is tiny.
+    let mut transport = Framed::new(stream, proto::length_codec(MAX_RESPONSE_LEN));
     let hello = RequestFrame {
         id: HELLO_ID,
         request: Request::Hello(Hello::current(CLIENT_NAME)),
@@ -230,11 +237,23 @@ async fn handshake(
     if welcome.node_id != endpoint.id {
         return Err(ConnectError::WrongNode(welcome.node_id));
     }
+    // An uninitialized node has no cluster id yet; any other must be the configured one.
+    if let Some(expected) = cluster_id
+        && !welcome.cluster_id.is_empty()
+        && !welcome.cluster_id.eq_ignore_ascii_case(expected)
+    {
+        return Err(ConnectError::WrongCluster {
+            expected: expected.to_owned(),
+            found: welcome.cluster_id,
+        });
+    }
     Ok((transport, welcome))
 }
 
 impl Connection {
-    /// Starts the reader and writer tasks on a welcomed transport, with the node's limits.
+    /// Starts the reader and writer tasks on a welcomed transport, with the node's limits:
+    /// requests up to its `max_frame_len`, answers up to [`MAX_RESPONSE_LEN`] (a key list can
+    /// be far larger than any request).
     fn start(transport: Transport, welcome: &Welcome) -> Self {
         let max_frame_len = usize::try_from(welcome.max_frame_len)
             .unwrap_or(usize::MAX)
@@ -252,7 +271,7 @@ impl Connection {
         // The hello was read through `transport`; keep whatever it buffered after the welcome.
         let parts = transport.into_parts();
         let (read, write) = tokio::io::split(parts.io);
-        let mut stream = FramedRead::new(read, proto::length_codec(max_frame_len));
+        let mut stream = FramedRead::new(read, proto::length_codec(MAX_RESPONSE_LEN));
         *stream.read_buffer_mut() = parts.read_buf;
         let sink = FramedWrite::new(write, proto::length_codec(max_frame_len));
         let tasks = vec![
@@ -276,7 +295,9 @@ impl Connection {
         request: &Request,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
-        let deadline = Instant::now() + timeout;
+        // The configuration caps timeouts at an hour; a hand-built one may not.
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE);
         let permit =
             match timeout_at(deadline, Arc::clone(&self.state.permits).acquire_owned()).await {
                 Err(_) => return Err(Failure::Timeout { sent: false }),

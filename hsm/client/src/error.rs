@@ -81,6 +81,20 @@ pub enum ClientError {
         /// The node's frame limit.
         max: usize,
     },
+    /// The request names a session key (a handle with bit 63 set): session keys live only on
+    /// the node that created them, and the same number names another key, or none, on other
+    /// nodes, so [`Client::call`](crate::Client::call) does not choose a node for it. It was
+    /// not sent.
+    #[error(
+        "{request} names session key {handle:#x}, which exists only on the node that created \
+         it; send it with Client::call_on to that node"
+    )]
+    SessionKeyNeedsNode {
+        /// The request's name.
+        request: &'static str,
+        /// The session key's handle.
+        handle: u64,
+    },
     /// Hello, login and logout belong to the client (sessions live on connections, and the
     /// client re-logs in after every reconnect); pass credentials to
     /// [`Client::connect`](crate::Client::connect) instead.
@@ -174,4 +188,16 @@ pub enum ConnectError {
     /// The node says it has another id than the configuration gives it.
     #[error("the node says it is node {0}")]
     WrongNode(u32),
+    /// The node belongs to another cluster than the configuration's `cluster_id`; the client
+    /// does not log in to it.
+    #[error(
+        "the node belongs to cluster {found}, not to cluster {expected} (cluster_id in the \
+         client configuration)"
+    )]
+    WrongCluster {
+        /// The configuration's cluster id.
+        expected: String,
+        /// The cluster id the node's welcome gave.
+        found: String,
+    },
 }

@@ -7,12 +7,20 @@
 //!   (from its welcome) are respected.
 //! - **Load balancing:** each request goes to the less loaded of two random healthy nodes
 //!   (power of two choices on outstanding requests).
-//! - **Retries and failover:** `busy` answers are retried with exponential backoff and jitter,
-//!   preferably elsewhere. When a node fails mid-request, requests that are safe to repeat
-//!   ([`Request::is_idempotent`]) go to another node; writes fail with
-//!   [`ClientError::Interrupted`] and are never sent twice.
+//! - **Retries and failover:** `busy` and `too-many-in-flight` answers (the node did not run
+//!   the request) are retried with exponential backoff and jitter, preferably elsewhere; so
+//!   is `unavailable` for requests that are safe to repeat ([`Request::is_idempotent`]). When
+//!   a node fails mid-request, those requests go to another node; writes fail with
+//!   [`ClientError::Interrupted`] (or, answered `unavailable`, with the node's error) and are
+//!   never sent twice.
+//! - **Session keys:** requests naming a session key ([`Request::session_handle`]) must go to
+//!   the node that created it ([`Client::call_on`]); [`Client::call`] refuses them.
+//! - **Cluster check:** with `cluster_id` in the configuration, nodes of another cluster are
+//!   refused before login.
 //! - **Health:** a background task per node checks health, marks nodes down, reconnects with
-//!   backoff, logs in again with the stored credentials, and marks them up.
+//!   backoff, logs in again with the stored credentials, and marks them up; a node that
+//!   refuses the credentials (`login-failed`, `user-locked`) is parked instead, as failed
+//!   logins count toward lockout.
 //!
 //! What this crate does **not** do: it does not depend on the engine (`sealgate-hsm-core`) or
 //! the crypto crate (`sealgate-hsm-crypto`), performs no cryptography of its own besides TLS,

@@ -36,6 +36,8 @@ pub(crate) struct Settings {
 /// client's last handle going away cancels `shutdown` and the tasks end.
 pub(crate) struct Shared {
     pub(crate) tls: TlsConnector,
+    /// The cluster every node must belong to (`cluster_id` of the configuration), if known.
+    pub(crate) cluster_id: Option<String>,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) settings: Settings,
     pub(crate) shutdown: CancellationToken,
@@ -47,7 +49,8 @@ struct NodeState {
     conn: Option<Arc<Connection>>,
     /// The last failure, for [`NodeStatus`].
     last_error: Option<String>,
-    /// The node refused the credentials: no more login attempts (they count toward lockout).
+    /// The node refused the credentials (`login-failed`, `user-locked`): no more login
+    /// attempts (they count toward lockout).
     parked: bool,
 }
 
@@ -118,7 +121,8 @@ impl Node {
         lock(&self.state).last_error = Some(error.to_string());
     }
 
-    /// The node refused the credentials: record why and stop logging in to it.
+    /// The node refused the credentials ([`login_refused`]): record why and stop logging in to
+    /// it.
     pub(crate) fn park(&self, error: &ClientError) {
         let reason = format!(
             "login refused: {error}; not retrying with these credentials (failed logins count \
@@ -150,7 +154,8 @@ impl Node {
         self.failovers.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a retry after this node refused a request it did not run (busy).
+    /// Counts a retry after this node refused a request it did not run (busy), or answered a
+    /// request safe to repeat with `unavailable`.
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,6 +173,7 @@ impl Node {
             sent: self.sent.load(Ordering::Relaxed),
             failovers: self.failovers.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            parked: state.parked,
             last_error: ended
                 .map(|conn| conn.close_reason())
                 .or_else(|| state.last_error.clone()),
@@ -175,17 +181,37 @@ impl Node {
     }
 }
 
-/// Whether the node refused the request without running it, so it may be sent again (after a
-/// pause, preferably elsewhere) whatever it is. `too-many-in-flight` belongs here: the node
-/// frees its slot only after the answer is on the wire, so a client at the limit can race it.
+/// Whether the node refused the request without running it (`busy`, `too-many-in-flight`), so
+/// it may be sent again (after a pause, preferably elsewhere) whatever it is. The node checks
+/// both before it runs anything. It frees a request's in-flight slot only once the answer is
+/// queued to its writer, so a client that frees its own slot when it reads the answer stays
+/// within `max_in_flight`; should the node still answer `too-many-in-flight`, the request did
+/// not run.
+///
+/// `unavailable` is not here: a node answers it after its store failed, when a write may
+/// already be applied in its memory (see [`may_resend`]).
 pub(crate) fn refused_unrun(kind: ErrorKind) -> bool {
-    kind.is_retryable() || kind == ErrorKind::TooManyInFlight
+    matches!(kind, ErrorKind::Busy | ErrorKind::TooManyInFlight)
 }
 
-/// Whether a node answered a login with a refusal that another try would only repeat (wrong
-/// password, locked or deleted user), as opposed to busy or no answer.
+/// Whether a node's error answer to `request` allows sending it again (after a pause,
+/// preferably elsewhere): a refusal of an unrun request, or `unavailable` for a request that is
+/// safe to repeat. A write answered `unavailable` may have been applied, so it is never
+/// re-sent.
+pub(crate) fn may_resend(kind: ErrorKind, request: &Request) -> bool {
+    refused_unrun(kind) || (kind == ErrorKind::Unavailable && request.is_idempotent())
+}
+
+/// Whether a node refused a login in a way that another try would only repeat and that
+/// counts toward lockout: a wrong user name or password, or a locked user. The node is then
+/// parked (no more logins with these credentials). Any other error (busy, unavailable, a
+/// limit, the cluster's state, no answer) is worth another try later.
 pub(crate) fn login_refused(error: &ClientError) -> bool {
-    matches!(error, ClientError::Node { error, .. } if !refused_unrun(error.kind))
+    matches!(
+        error,
+        ClientError::Node { error, .. }
+            if matches!(error.kind, ErrorKind::LoginFailed | ErrorKind::UserLocked)
+    )
 }
 
 /// The pause before busy retry number `attempt` (1, 2, …): 5 ms doubling, capped at 1 s,
@@ -216,8 +242,8 @@ pub(crate) fn failure_error(node: u32, request: &Request, failure: Failure) -> C
 }
 
 /// Sends `request` to `node` on the connection `conn` gives (asked again before every try),
-/// retrying refusals of unrun requests (busy) up to the configured count, with backoff. No
-/// failover.
+/// retrying answers that allow it ([`may_resend`]: busy, or unavailable for a request safe to
+/// repeat) up to the configured count, with backoff. No failover.
 pub(crate) async fn pinned(
     node: &Node,
     request: &Request,
@@ -232,7 +258,9 @@ pub(crate) async fn pinned(
             .await
         {
             Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(error)) if refused_unrun(error.kind) && retries < settings.busy_retries => {
+            Ok(Err(error))
+                if may_resend(error.kind, request) && retries < settings.busy_retries =>
+            {
                 retries += 1;
                 node.count_retry();
                 debug!(
@@ -276,7 +304,13 @@ pub(crate) async fn establish(
     shared: &Shared,
 ) -> Result<Arc<Connection>, ClientError> {
     let conn = Arc::new(
-        connection::open(&node.endpoint, &shared.tls, shared.settings.connect_timeout).await?,
+        connection::open(
+            &node.endpoint,
+            &shared.tls,
+            shared.cluster_id.as_deref(),
+            shared.settings.connect_timeout,
+        )
+        .await?,
     );
     if let Some(credentials) = &shared.credentials {
         login(node, &conn, credentials, &shared.settings).await?;
@@ -287,7 +321,9 @@ pub(crate) async fn establish(
 /// The node's background task, until the client closes: while the node is up, checks its
 /// health every `health_interval` and marks it down when the check fails or the connection
 /// ends; while it is down, reconnects with exponential backoff (100 ms doubling to 5 s),
-/// logs in again, and marks it up.
+/// logs in again, and marks it up. It ends for good (the node stays down, parked) when the
+/// node refuses the credentials ([`login_refused`]); other login errors are retried with the
+/// same backoff.
 pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
     let settings = shared.settings;
     let mut backoff = RECONNECT_MIN;
@@ -340,7 +376,7 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
             }
             Err(error) if login_refused(&error) => {
                 // The node refused the login (password changed, user locked or deleted).
-                // Trying again would only add failed logins.
+                // Trying again would only add failed logins, or feed a lockout.
                 node.park(&error);
                 return;
             }
@@ -367,6 +403,39 @@ mod tests {
             }
         }
         assert!(busy_backoff(u32::MAX) <= BUSY_BACKOFF_MAX.mul_f64(1.5));
+    }
+
+    #[test]
+    fn unavailable_allows_resending_only_requests_safe_to_repeat() {
+        let write = Request::DeleteKey { handle: 1 };
+        let read = Request::Random { len: 1 };
+        for kind in [ErrorKind::Busy, ErrorKind::TooManyInFlight] {
+            assert!(refused_unrun(kind) && may_resend(kind, &write) && may_resend(kind, &read));
+        }
+        assert!(!refused_unrun(ErrorKind::Unavailable));
+        assert!(may_resend(ErrorKind::Unavailable, &read));
+        assert!(!may_resend(ErrorKind::Unavailable, &write));
+        assert!(!may_resend(ErrorKind::NotFound, &read));
+    }
+
+    #[test]
+    fn only_wrong_credentials_and_lockouts_park() {
+        let answer = |kind| ClientError::Node {
+            node: 1,
+            error: sealgate_hsm_proto::Error::new(kind, "no"),
+        };
+        assert!(login_refused(&answer(ErrorKind::LoginFailed)));
+        assert!(login_refused(&answer(ErrorKind::UserLocked)));
+        for kind in [
+            ErrorKind::LimitReached,
+            ErrorKind::WrongClusterState,
+            ErrorKind::Failed,
+            ErrorKind::Unavailable,
+            ErrorKind::Busy,
+        ] {
+            assert!(!login_refused(&answer(kind)), "{kind}");
+        }
+        assert!(!login_refused(&ClientError::Timeout { node: 1 }));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use sealgate_hsm_crypto::{
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use zeroize::Zeroizing;
 
 /// Name of the pre-crypto-officer that initialization creates (CloudHSM's default admin).
 pub const PRECO_NAME: &str = "admin";
@@ -158,6 +159,43 @@ fn row_element(master: &MasterKey, table: Table, key: u64, tag: &[u8; 32]) -> [u
 
 /// Which password a login checked: a digest of the sealed hash (sealed with a fresh nonce each
 /// time a password is set, so every password change gives a new value).
+/// A login between [`Engine::begin_login`] and [`Engine::finish_login`]: holds a copy of the
+/// user's password hash so the password can be checked without the engine. Single use.
+#[must_use = "a ticket holds a reserved failure until finish_login"]
+pub struct LoginTicket {
+    session: SessionId,
+    /// `None` for an unknown user name: the check costs the same and fails.
+    target: Option<LoginTarget>,
+}
+
+struct LoginTarget {
+    user: UserId,
+    hash: PasswordHash,
+    credential: [u8; 16],
+    reserved_at: Timestamp,
+}
+
+impl LoginTicket {
+    /// Checks `password` (argon2id; the slow part of a login). Needs no engine.
+    pub fn check(&self, password: &Password) -> bool {
+        match &self.target {
+            Some(t) => t.hash.verify(password),
+            None => {
+                PasswordHash::verify_dummy(password);
+                false
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LoginTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginTicket")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
 fn credential_of(sealed: &SealedBytes) -> [u8; 16] {
     let d = crypto::digest(HashAlg::Sha256, sealed.as_bytes());
     let mut out = [0u8; 16];
@@ -597,6 +635,10 @@ impl Engine {
     /// Logs a session in. Success with no earlier failures finishes at once; otherwise the
     /// returned command records the attempt (and finishes the login when applied with this
     /// session as origin).
+    ///
+    /// This runs the password check (argon2, tens of milliseconds) inside the engine; a driver
+    /// that serves other requests meanwhile uses [`Engine::begin_login`], checks the password
+    /// with [`LoginTicket::check`] without holding the engine, then [`Engine::finish_login`].
     pub fn login(
         &mut self,
         session: SessionId,
@@ -604,6 +646,20 @@ impl Engine {
         password: &Password,
         now: Timestamp,
     ) -> Result<Step<()>, EngineError> {
+        let ticket = self.begin_login(session, name, now)?;
+        let ok = ticket.check(password);
+        self.finish_login(ticket, ok, now)
+    }
+
+    /// First half of a login: checks the session and the user's lockout, and counts the attempt
+    /// as a failure at once (until [`Engine::finish_login`]), so that guesses sent in parallel
+    /// cannot get past the lockout while their passwords are being checked.
+    pub fn begin_login(
+        &mut self,
+        session: SessionId,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<LoginTicket, EngineError> {
         let caller = self.caller(session)?;
         if caller.user.is_some() {
             return Err(EngineError::AlreadyLoggedIn);
@@ -612,38 +668,86 @@ impl Engine {
             return Err(EngineError::NotInitialized);
         }
         let Ok(user) = self.user_by_name(name) else {
-            PasswordHash::verify_dummy(password);
-            return Err(EngineError::LoginFailed);
+            // Unknown names cost the same as known ones and fail the same way.
+            return Ok(LoginTicket {
+                session,
+                target: None,
+            });
         };
         let Some((sealed, hash)) = &user.password else {
             return Err(EngineError::ApplianceLogin);
         };
         let (id, failures, user_name) = (user.id, user.failed_logins, user.name.clone());
         let credential = credential_of(sealed);
-        // Failures prepared here but not applied yet count at once, so that guesses sent in
-        // parallel cannot get past the lockout before their commands are applied.
-        let pending_now = self.pending_failures.get(&id).map_or(0, |p| {
-            p.iter()
-                .filter(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0)
-                .count()
-        });
-        let counted = usize::from(failures).saturating_add(pending_now);
+        let hash = PasswordHash::from_phc(Zeroizing::new(hash.as_phc().to_vec()))?;
+        // Failures prepared here but not applied yet count at once (see above).
+        let pending = self.pending_failures.entry(id).or_default();
+        pending.retain(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0);
+        let counted = usize::from(failures).saturating_add(pending.len());
         if counted >= usize::from(self.meta.limits.lockout_threshold) {
             return Err(EngineError::UserLocked {
                 name: user_name,
                 failures: u8::try_from(counted).unwrap_or(u8::MAX),
             });
         }
-        let success = hash.verify(password);
+        pending.push(now);
+        Ok(LoginTicket {
+            session,
+            target: Some(LoginTarget {
+                user: id,
+                hash,
+                credential,
+                reserved_at: now,
+            }),
+        })
+    }
+
+    /// Second half of a login: `password_ok` is what [`LoginTicket::check`] said. A success
+    /// with no earlier failures logs the session in at once; otherwise the returned command
+    /// records the attempt in the replicated failure count.
+    pub fn finish_login(
+        &mut self,
+        ticket: LoginTicket,
+        password_ok: bool,
+        now: Timestamp,
+    ) -> Result<Step<()>, EngineError> {
+        let LoginTicket { session, target } = ticket;
+        let Some(target) = target else {
+            return Err(EngineError::LoginFailed);
+        };
+        let id = target.user;
+        // Take the attempt's reservation back; a failure puts it back below.
+        if let Some(p) = self.pending_failures.get_mut(&id)
+            && let Some(at) = p.iter().position(|t| *t == target.reserved_at)
+        {
+            p.remove(at);
+        }
+        let caller = self.caller(session)?;
+        if caller.user.is_some() {
+            return Err(EngineError::AlreadyLoggedIn);
+        }
+        // The user may have been deleted, or its password changed, while the password was
+        // being checked: the attempt was against a credential that no longer exists.
+        let Some(user) = self.users.get(&id) else {
+            return Err(EngineError::LoginFailed);
+        };
+        let current = user
+            .password
+            .as_ref()
+            .map(|(sealed, _)| credential_of(sealed));
+        if current != Some(target.credential) {
+            return Err(EngineError::LoginFailed);
+        }
+        let failures = user.failed_logins;
         let pending = self.pending_failures.entry(id).or_default();
         pending.retain(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0);
-        if success && failures == 0 && pending.is_empty() {
+        if password_ok && failures == 0 && pending.is_empty() {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.user = Some(id);
             }
             return Ok(Step::Done(()));
         }
-        if !success {
+        if !password_ok {
             pending.push(now);
         }
         Ok(Step::Replicate(Command {
@@ -651,8 +755,8 @@ impl Engine {
             actor: Some(id),
             op: CommandOp::LoginAttempt {
                 user: id,
-                success,
-                credential,
+                success: password_ok,
+                credential: target.credential,
             },
         }))
     }

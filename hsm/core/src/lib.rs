@@ -36,7 +36,9 @@ pub use attributes::{
 };
 pub use command::{Command, CommandOp, KeyRecord, NewKeyObject, NewUser};
 pub use driver::{DriverError, LocalHsm};
-pub use engine::{APPLIANCE_NAME, Engine, MAX_USER_NAME_LEN, PRECO_NAME, normalize_user_name};
+pub use engine::{
+    APPLIANCE_NAME, Engine, LoginTicket, MAX_USER_NAME_LEN, PRECO_NAME, normalize_user_name,
+};
 pub use error::EngineError;
 pub use permissions::{Operation, Principal, is_permitted};
 pub use store::{

@@ -495,3 +495,82 @@ fn a_log_entry_is_applied_once() {
     ));
     assert!(again.batch.ops.is_empty());
 }
+
+#[test]
+fn logins_being_checked_count_as_failures_until_finished() {
+    let mut fx = Fixture::activated();
+    let co = fx.co();
+    fx.create_user(co, "alice", Role::CryptoUser, CU_PASSWORD);
+    let now = fx.now();
+    // Five logins whose passwords are still being checked (outside the engine).
+    let mut tickets = Vec::new();
+    for _ in 0..5 {
+        let s = fx.session();
+        tickets.push(fx.hsm.engine_mut().begin_login(s, "alice", now).unwrap());
+    }
+    // A sixth is refused before its password is looked at.
+    let s = fx.session();
+    assert!(matches!(
+        fx.hsm.engine_mut().begin_login(s, "alice", now),
+        Err(EngineError::UserLocked { .. })
+    ));
+    // They finish as successes: the reservations are released, and the first success of a
+    // user with failures in flight is recorded through the log like any other.
+    let mut sessions = Vec::new();
+    for ticket in tickets {
+        assert!(ticket.check(&pw(CU_PASSWORD)));
+        let step = fx.hsm.engine_mut().finish_login(ticket, true, now).unwrap();
+        sessions.push(step);
+    }
+    // Every reservation was released: a new login goes through at once.
+    let s = fx.session();
+    let ticket = fx.hsm.engine_mut().begin_login(s, "alice", now).unwrap();
+    assert!(matches!(
+        fx.hsm.engine_mut().finish_login(ticket, true, now),
+        Ok(Step::Done(()))
+    ));
+    drop(sessions);
+}
+
+#[test]
+fn a_password_changed_while_a_login_is_checked_voids_that_login() {
+    let mut fx = Fixture::activated();
+    let co = fx.co();
+    fx.create_user(co, "alice", Role::CryptoUser, CU_PASSWORD);
+    let now = fx.now();
+    let s = fx.session();
+    let ticket = fx.hsm.engine_mut().begin_login(s, "alice", now).unwrap();
+    assert!(ticket.check(&pw(CU_PASSWORD)));
+    // Meanwhile a crypto officer resets alice's password.
+    let cmd = fx
+        .hsm
+        .engine()
+        .change_password(co, "alice", &pw("a-new-password-1"), now)
+        .unwrap();
+    fx.hsm.commit(&cmd, Some(co)).unwrap();
+    assert_eq!(
+        fx.hsm
+            .engine_mut()
+            .finish_login(ticket, true, now)
+            .unwrap_err(),
+        EngineError::LoginFailed
+    );
+    assert!(fx.login("alice", "a-new-password-1").is_ok());
+}
+
+#[test]
+fn an_unknown_user_costs_a_check_and_fails_like_a_wrong_password() {
+    let mut fx = Fixture::activated();
+    let s = fx.session();
+    let now = fx.now();
+    let ticket = fx.hsm.engine_mut().begin_login(s, "nobody", now).unwrap();
+    assert!(!ticket.check(&pw("whatever-password")));
+    assert_eq!(
+        fx.hsm
+            .engine_mut()
+            .finish_login(ticket, true, now)
+            .unwrap_err(),
+        EngineError::LoginFailed,
+        "even a caller that claims success"
+    );
+}

@@ -54,7 +54,7 @@ pub struct TlsSection {
 pub struct LimitsSection {
     /// Most client connections at once; more are refused at accept.
     pub max_connections: usize,
-    /// Largest frame in bytes.
+    /// Largest request frame in bytes (responses may be up to 16 MiB).
     pub max_frame_len: usize,
     /// Most requests in flight on one connection.
     pub max_in_flight: usize,
@@ -68,6 +68,9 @@ pub struct LimitsSection {
     pub handshake_timeout_secs: u64,
     /// Seconds a draining node waits for requests in flight on SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Seconds a client may leave answers unread (a write that cannot proceed) before the node
+    /// closes its connection.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -81,6 +84,7 @@ impl Default for LimitsSection {
             max_sessions: 10_000,
             handshake_timeout_secs: 10,
             shutdown_grace_secs: 10,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -137,6 +141,9 @@ pub enum NodeConfigError {
     },
 }
 
+/// Largest `limits.max_in_flight` accepted.
+const MAX_IN_FLIGHT_LIMIT: usize = 1 << 16;
+
 /// Largest cluster (CloudHSM's limit).
 pub const MAX_NODES: u32 = 28;
 
@@ -181,10 +188,19 @@ impl NodeConfig {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if !(1024..=(64 << 20)).contains(&limits.max_frame_len) {
+        if !(1024..=sealgate_hsm_proto::MAX_RESPONSE_LEN).contains(&limits.max_frame_len) {
             return Err(invalid(
                 "limits.max_frame_len",
-                "must be between 1024 and 67108864 bytes",
+                "must be between 1024 and 16777216 bytes",
+            ));
+        }
+        if limits.max_in_flight > MAX_IN_FLIGHT_LIMIT {
+            return Err(invalid("limits.max_in_flight", "must be at most 65536"));
+        }
+        if limits.write_timeout_secs == 0 {
+            return Err(invalid(
+                "limits.write_timeout_secs",
+                "must be greater than 0",
             ));
         }
         if limits.handshake_timeout_secs == 0 {

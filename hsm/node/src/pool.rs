@@ -12,10 +12,11 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 /// One request's work: runs on a crypto thread and leaves its answer in the outbox.
 pub(crate) type Job = Box<dyn FnOnce(&mut Outbox) + Send + 'static>;
@@ -25,25 +26,45 @@ pub(crate) const BATCH_TIME: Duration = Duration::from_micros(200);
 
 /// Answers of the jobs a crypto thread ran since its last flush.
 pub(crate) struct Outbox {
-    answers: Vec<(mpsc::Sender<Bytes>, Bytes)>,
+    answers: Vec<Answer>,
     runtime: tokio::runtime::Handle,
 }
 
+/// One answer, with the in-flight slot of its request: the slot is freed only once the answer
+/// is in its writer's channel, so a client that stops reading cannot make the node hold more
+/// than `max_in_flight` answers for it.
+struct Answer {
+    to: mpsc::Sender<Bytes>,
+    bytes: Bytes,
+    slot: OwnedSemaphorePermit,
+}
+
 impl Outbox {
-    /// Queues `answer` for the connection writer behind `to`.
-    pub(crate) fn send(&mut self, to: mpsc::Sender<Bytes>, answer: Bytes) {
-        self.answers.push((to, answer));
+    /// Queues `answer` for the connection writer behind `to`; `slot` is freed when it is
+    /// handed over.
+    pub(crate) fn send(
+        &mut self,
+        to: mpsc::Sender<Bytes>,
+        bytes: Bytes,
+        slot: OwnedSemaphorePermit,
+    ) {
+        self.answers.push(Answer { to, bytes, slot });
     }
 
-    /// Hands every answer to its writer. The writers' channels have room for every request in
-    /// flight, so this does not wait unless a client stopped reading; then the answer waits on
-    /// the runtime, not on this thread.
+    /// Hands every answer to its writer. A writer's channel has room for every request in
+    /// flight on its connection, so this does not wait unless the client stopped reading; then
+    /// the answer waits on the runtime, holding its slot, not on this thread.
     fn flush(&mut self) {
-        for (to, answer) in self.answers.drain(..) {
-            if let Err(mpsc::error::TrySendError::Full(answer)) = to.try_send(answer) {
-                self.runtime.spawn(async move {
-                    let _ = to.send(answer).await;
-                });
+        for Answer { to, bytes, slot } in self.answers.drain(..) {
+            match to.try_send(bytes) {
+                Ok(()) => drop(slot),
+                Err(mpsc::error::TrySendError::Full(bytes)) => {
+                    self.runtime.spawn(async move {
+                        let _ = to.send(bytes).await;
+                        drop(slot);
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => drop(slot),
             }
         }
     }
@@ -128,7 +149,9 @@ fn work(queue: &Receiver<Vec<Job>>, queued: &AtomicUsize, outbox: &mut Outbox) {
         let mut batch = Some(batch);
         while let Some(jobs) = batch.take() {
             for job in jobs {
-                job(outbox);
+                // A job answers its own panics (see the server); this is the last line, so a
+                // bug cannot take a crypto thread or the queue count with it.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(outbox)));
                 queued.fetch_sub(1, Ordering::AcqRel);
                 if started.elapsed() >= BATCH_TIME {
                     outbox.flush();
@@ -175,14 +198,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panicking_job_does_not_take_the_thread_or_the_count() {
+        let pool = CryptoPool::new(1, 4, &tokio::runtime::Handle::current()).expect("threads");
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let refused = pool.run_batch(vec![
+            job(|_| panic!("a bug")),
+            job(move |_| {
+                let _ = done_tx.send(());
+            }),
+        ]);
+        assert!(refused.is_empty());
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the job after the panic ran");
+        for _ in 0..100 {
+            if pool.queued() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.queued(), 0);
+    }
+
+    #[tokio::test]
     async fn answers_reach_their_writers() {
         let pool = CryptoPool::new(2, 64, &tokio::runtime::Handle::current()).expect("threads");
         // A channel with room for one answer: the rest wait on the runtime, none is lost.
         let (tx, mut rx) = mpsc::channel(1);
+        let slots = Arc::new(tokio::sync::Semaphore::new(20));
         let jobs = (0..20u8)
             .map(|i| {
                 let tx = tx.clone();
-                job(move |out| out.send(tx, Bytes::from(vec![i])))
+                let slot = Arc::clone(&slots).try_acquire_owned().expect("slot");
+                job(move |out| out.send(tx, Bytes::from(vec![i]), slot))
             })
             .collect();
         assert!(pool.run_batch(jobs).is_empty());
@@ -194,5 +242,7 @@ mod tests {
         got.sort_unstable();
         assert_eq!(got, (0..20).collect::<Vec<u8>>());
         assert_eq!(pool.queued(), 0);
+        // Every slot was freed once its answer was handed over.
+        assert_eq!(slots.available_permits(), 20);
     }
 }

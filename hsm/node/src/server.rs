@@ -23,6 +23,7 @@ use sealgate_hsm_proto::{
 };
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -33,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +106,8 @@ impl NodeHandle {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in flight finish (up to the configured grace period),
-    /// closes every connection and returns.
+    /// Stops accepting, lets requests in flight finish (up to the configured grace period) and
+    /// returns; connections still open after that end when the runtime is dropped.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
@@ -115,7 +116,7 @@ impl NodeHandle {
 
 /// Opens the store and starts serving in the current tokio runtime.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+    create_private_dir(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -129,12 +130,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         source,
     };
     let store = RedbStore::open(&store_path).map_err(store_error)?;
+    restrict_to_owner(&store_path).map_err(|source| NodeError::DataDir {
+        path: store_path.clone(),
+        source,
+    })?;
     let engine_config = EngineConfig {
         max_sessions: config.limits.max_sessions,
         ..EngineConfig::default()
     };
     let local = LocalHsm::open(store, master, engine_config).map_err(store_error)?;
-    let hsm = Arc::new(Hsm::new(config.id, local));
+    let hsm = Arc::new(Hsm::new(config.id, local, config.limits.crypto_threads));
     let acceptor = TlsAcceptor::from(tls::server_config(&config.ca, &config.cert, &config.key)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -180,6 +185,25 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
+/// Creates the data directory (and its parents) if absent; a new directory is readable by its
+/// owner only.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The store holds sealed secrets and their metadata: readable by the node's user only.
+fn restrict_to_owner(file: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Runs a node until SIGTERM or SIGINT: builds the runtime, starts, prints
 /// `sealgate node ID listening on ADDRESS` on stdout, waits for the signal, shuts down cleanly.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
@@ -199,8 +223,11 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         info!("shutting down");
         node.shutdown().await;
         info!("stopped");
-        Ok(())
-    })
+        Ok::<(), NodeError>(())
+    })?;
+    // Connections that outlived the grace period are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -263,29 +290,52 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 type Reader<S> = FramedRead<tokio::io::ReadHalf<S>, LengthDelimitedCodec>;
 
 /// Sends frames in batches: every frame queued while the last write was in progress goes out
-/// in the next write.
+/// in the next write. Ends (and so ends the connection) when a write fails or a client leaves
+/// answers unread for `timeout`.
 async fn write_frames<S: AsyncWrite>(
     mut sink: FramedWrite<tokio::io::WriteHalf<S>, LengthDelimitedCodec>,
     mut frames: mpsc::Receiver<Bytes>,
+    peer: SocketAddr,
+    timeout: Duration,
 ) {
     while let Some(frame) = frames.recv().await {
-        if sink.feed(frame).await.is_err() {
-            return;
-        }
-        while let Ok(more) = frames.try_recv() {
-            if sink.feed(more).await.is_err() {
+        let batch = async {
+            sink.feed(frame).await?;
+            while let Ok(more) = frames.try_recv() {
+                sink.feed(more).await?;
+            }
+            SinkExt::<Bytes>::flush(&mut sink).await
+        };
+        match tokio::time::timeout(timeout, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%peer, "connection ended: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, "closed connection: answers unread for {timeout:?}");
                 return;
             }
         }
-        if SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
-            return;
-        }
     }
-    let _ = SinkExt::<Bytes>::close(&mut sink).await;
+    let _ = tokio::time::timeout(timeout, SinkExt::<Bytes>::close(&mut sink)).await;
 }
 
+/// Encodes an answer; one too large for a response frame becomes an error saying so.
 fn response(id: u64, result: Result<Reply, proto::Error>) -> Bytes {
-    Bytes::from(proto::encode(&ResponseFrame { id, result }))
+    let bytes = proto::encode(&ResponseFrame { id, result });
+    if bytes.len() <= proto::MAX_RESPONSE_LEN {
+        return Bytes::from(bytes);
+    }
+    let message = format!(
+        "the answer is {} bytes, over the {} byte limit; narrow the request (a key filter, say)",
+        bytes.len(),
+        proto::MAX_RESPONSE_LEN
+    );
+    Bytes::from(proto::encode(&ResponseFrame {
+        id,
+        result: Err(proto::Error::new(ErrorKind::LimitReached, message)),
+    }))
 }
 
 fn refusal(id: u64, kind: ErrorKind, message: impl Into<String>) -> Bytes {
@@ -307,10 +357,11 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     };
     let (read, write) = tokio::io::split(stream);
-    let codec = || proto::length_codec(limits.max_frame_len);
-    let mut reader = FramedRead::new(read, codec());
+    let mut reader = FramedRead::new(read, proto::length_codec(limits.max_frame_len));
     let (tx, rx) = mpsc::channel::<Bytes>(limits.max_in_flight.saturating_add(8));
-    let writer = tokio::spawn(write_frames(FramedWrite::new(write, codec()), rx));
+    let sink = FramedWrite::new(write, proto::length_codec(proto::MAX_RESPONSE_LEN));
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
+    let writer = tokio::spawn(write_frames(sink, rx, peer, write_timeout));
 
     if hello(shared, &mut reader, &tx, peer, handshake).await {
         match open_session(shared).await {
@@ -325,7 +376,7 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     }
     drop(tx);
-    let _ = writer.await;
+    let _ = tokio::time::timeout(write_timeout, writer).await;
 }
 
 /// Reads the first frame, which must be a hello with a version both sides speak.
@@ -354,7 +405,7 @@ async fn hello<S: AsyncRead>(
             request: Request::Hello(h),
         }) => match proto::negotiate(h.min_version, h.max_version) {
             Some(version) => {
-                debug!(%peer, client = %h.client, version, "hello");
+                debug!(%peer, client = ?h.client, version, "hello");
                 let limits = &shared.config.limits;
                 (
                     id,
@@ -437,6 +488,8 @@ async fn serve_requests<S: AsyncRead>(
     while open {
         let next = tokio::select! {
             () = shared.shutdown.cancelled() => break,
+            // The writer gave up (a failed write, a client that does not read): stop reading.
+            () = tx.closed() => break,
             next = frames.next() => next,
         };
         let Some(batch) = next else { break };
@@ -475,11 +528,17 @@ async fn serve_requests<S: AsyncRead>(
             let hsm = Arc::clone(&shared.hsm);
             let answer = tx.clone();
             jobs.push(Box::new(move |outbox: &mut Outbox| {
-                let result = hsm.handle(session, request);
-                // The request is done: free its slot before queueing the answer, so a client
-                // that keeps exactly max_in_flight requests outstanding is never refused.
-                drop(permit);
-                outbox.send(answer, response(id, result));
+                let name = request.name();
+                let result =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| hsm.handle(session, request)))
+                        .unwrap_or_else(|_| {
+                            error!("request {name} failed inside the node (a bug)");
+                            Err(proto::Error::new(
+                                ErrorKind::Failed,
+                                format!("{name} failed inside the node"),
+                            ))
+                        });
+                outbox.send(answer, response(id, result), permit);
             }) as Job);
             ids.push(id);
         }

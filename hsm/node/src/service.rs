@@ -3,7 +3,9 @@
 //! Everything here blocks (argon2, RSA, fsync), so the server calls it only from its crypto
 //! pool, never on an async worker. Reads and crypto operations share a read lock; session
 //! changes and writes take the write lock, and a write holds it until its batch is durable, so
-//! commands are applied and stored in one order and answered only once fsynced.
+//! commands are applied and stored in one order and answered only once fsynced. A login checks
+//! its password (argon2) between two short write-locked steps, holding no lock, and at most
+//! half the crypto threads check passwords at once.
 
 use crate::convert;
 use crate::store::RedbStore;
@@ -13,13 +15,17 @@ use sealgate_hsm_core::{
     SessionId, Step, Timestamp,
 };
 use sealgate_hsm_proto::{self as proto, ErrorKind, Reply, Request, Secret};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The engine, its store, and counters readable without the lock.
 pub(crate) struct Hsm {
     node_id: u32,
+    /// Logins whose password is being checked now, and the most allowed: argon2 takes tens
+    /// of milliseconds of a crypto thread, so logins may not take every thread from signing.
+    logins: AtomicUsize,
+    max_logins: usize,
     state: RwLock<LocalHsm<RedbStore>>,
     applied: AtomicU64,
     writable: AtomicBool,
@@ -53,7 +59,10 @@ fn driver_error(e: DriverError) -> proto::Error {
         DriverError::Engine(e) => convert::error(&e),
         DriverError::Store(e) => proto::Error::new(
             ErrorKind::Unavailable,
-            format!("the node could not store the change, which was not made: {e}"),
+            format!(
+                "the node could not store the change, which may or may not survive; the node \
+                 stops answering until restarted: {e}"
+            ),
         ),
         _ => proto::Error::new(ErrorKind::Unavailable, e.to_string()),
     }
@@ -67,10 +76,13 @@ fn public_key_reply(key: &PublicKey) -> Reply {
 }
 
 impl Hsm {
-    pub(crate) fn new(node_id: u32, hsm: LocalHsm<RedbStore>) -> Self {
+    /// `crypto_threads` bounds the logins checked at once (half the threads, at least one).
+    pub(crate) fn new(node_id: u32, hsm: LocalHsm<RedbStore>, crypto_threads: usize) -> Self {
         let applied = hsm.engine().applied_index();
         let this = Self {
             node_id,
+            logins: AtomicUsize::new(0),
+            max_logins: (crypto_threads / 2).max(1),
             state: RwLock::new(hsm),
             applied: AtomicU64::new(applied),
             writable: AtomicBool::new(true),
@@ -107,6 +119,21 @@ impl Hsm {
         if let Ok(mut slot) = self.cluster_id.write() {
             *slot = id;
         }
+    }
+
+    /// A place among the logins being checked, or `busy`.
+    fn login_slot(&self) -> Result<LoginSlot<'_>, proto::Error> {
+        if self.logins.fetch_add(1, Ordering::AcqRel) >= self.max_logins {
+            self.logins.fetch_sub(1, Ordering::AcqRel);
+            return Err(proto::Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{} logins are being checked; retry the login shortly",
+                    self.max_logins
+                ),
+            ));
+        }
+        Ok(LoginSlot(&self.logins))
     }
 
     pub(crate) fn node_id(&self) -> u32 {
@@ -171,11 +198,21 @@ impl Hsm {
     }
 
     /// Answers one request on `session`. Blocks: call it from the crypto pool.
+    ///
+    /// After a failed store write the engine's memory is ahead of its store (the change was
+    /// applied but is not durable), so the node answers nothing more until restarted from the
+    /// store.
     pub(crate) fn handle(
         &self,
         session: SessionId,
         request: Request,
     ) -> Result<Reply, proto::Error> {
+        if !self.writable() {
+            return Err(proto::Error::new(
+                ErrorKind::Unavailable,
+                "the node's store failed; restart the node to reload it",
+            ));
+        }
         match request {
             Request::Hello(_) => Err(proto::Error::new(
                 ErrorKind::BadRequest,
@@ -199,8 +236,15 @@ impl Hsm {
                 }))
             }
             Request::Login { user, password: pw } => {
-                let pw = password(&pw);
-                self.change(session, |e, now| e.login(session, &user, &pw, now))?;
+                let _slot = self.login_slot()?;
+                let ticket = self
+                    .write()?
+                    .engine_mut()
+                    .begin_login(session, &user, now())
+                    .map_err(engine_error)?;
+                // argon2 runs here, with no lock held: signatures go on meanwhile.
+                let ok = ticket.check(&password(&pw));
+                self.change(session, |e, now| e.finish_login(ticket, ok, now))?;
                 let role = self
                     .read()?
                     .engine()
@@ -456,6 +500,15 @@ impl Hsm {
                 "this node does not support that request",
             )),
         }
+    }
+}
+
+/// Frees a login place when the login ends.
+struct LoginSlot<'a>(&'a AtomicUsize);
+
+impl Drop for LoginSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

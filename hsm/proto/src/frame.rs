@@ -10,8 +10,12 @@ use tokio_util::codec::LengthDelimitedCodec;
 pub const VERSION: u16 = 1;
 /// The oldest protocol version this build speaks.
 pub const MIN_VERSION: u16 = 1;
-/// Default largest frame (the encoded envelope, without its 4-byte length): 1 MiB.
-pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Default largest request frame (the encoded envelope, without its 4-byte length): 256 KiB,
+/// room for the largest input the engine takes (64 KiB) several times over.
+pub const MAX_FRAME_LEN: usize = 256 << 10;
+/// Largest response frame: 16 MiB (a key list of thousands of keys). A node answers an error
+/// instead of a larger response.
+pub const MAX_RESPONSE_LEN: usize = 16 << 20;
 /// Default most requests in flight on one connection.
 pub const MAX_IN_FLIGHT: usize = 1024;
 

@@ -28,8 +28,9 @@ mod types;
 
 pub use error::{Error, ErrorKind};
 pub use frame::{
-    DecodeError, Limits, MAX_FRAME_LEN, MAX_IN_FLIGHT, MIN_VERSION, RequestFrame, ResponseFrame,
-    VERSION, decode_request, decode_request_id, decode_response, encode, length_codec, negotiate,
+    DecodeError, Limits, MAX_FRAME_LEN, MAX_IN_FLIGHT, MAX_RESPONSE_LEN, MIN_VERSION, RequestFrame,
+    ResponseFrame, VERSION, decode_request, decode_request_id, decode_response, encode,
+    length_codec, negotiate,
 };
 pub use message::{
     AttributeValue, ClusterInfo, Health, Hello, KeyInfo, Reply, Request, UserInfo, Welcome,

@@ -367,6 +367,51 @@ impl Request {
         )
     }
 
+    /// The first key handle this request names (`handle`, `wrapping`, `unwrapping` or `base`,
+    /// in field order) that has bit 63 set, if any. Such handles name session keys, which
+    /// live only on the node (and in the session) that created them: the same number names
+    /// another key, or none, on any other node, so such a request must go to that node.
+    pub fn session_handle(&self) -> Option<u64> {
+        const SESSION_BIT: u64 = 1 << 63;
+        let handles: &[u64] = match self {
+            Self::UnwrapKey { unwrapping, .. } => &[*unwrapping],
+            Self::DeriveKey { base, .. } => &[*base],
+            Self::WrapKey {
+                wrapping, handle, ..
+            } => &[*wrapping, *handle],
+            Self::GetKey { handle }
+            | Self::ExportPublicKey { handle }
+            | Self::SetAttributes { handle, .. }
+            | Self::ShareKey { handle, .. }
+            | Self::UnshareKey { handle, .. }
+            | Self::DeleteKey { handle }
+            | Self::Sign { handle, .. }
+            | Self::Verify { handle, .. }
+            | Self::Encrypt { handle, .. }
+            | Self::Decrypt { handle, .. } => &[*handle],
+            Self::Hello(_)
+            | Self::Health
+            | Self::Info
+            | Self::Login { .. }
+            | Self::Logout
+            | Self::Activate { .. }
+            | Self::ListUsers
+            | Self::CreateUser { .. }
+            | Self::DeleteUser { .. }
+            | Self::ChangePassword { .. }
+            | Self::GenerateKey { .. }
+            | Self::GenerateKeyPair { .. }
+            | Self::ImportPublicKey { .. }
+            | Self::ListKeys { .. }
+            | Self::Digest { .. }
+            | Self::Random { .. } => &[],
+        };
+        handles
+            .iter()
+            .copied()
+            .find(|handle| handle & SESSION_BIT != 0)
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -444,4 +489,58 @@ pub enum Reply {
     Data(Vec<u8>),
     /// The signature verified.
     Verified,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: u64 = (1 << 63) | 5;
+
+    #[test]
+    fn session_handle_finds_the_first_handle_with_bit_63() {
+        assert_eq!(
+            Request::Sign {
+                handle: SESSION,
+                mechanism: SignMechanism::Ed25519,
+                data: vec![],
+            }
+            .session_handle(),
+            Some(SESSION)
+        );
+        assert_eq!(Request::DeleteKey { handle: 7 }.session_handle(), None);
+        assert_eq!(Request::GetKey { handle: 1 << 62 }.session_handle(), None);
+        let wrap = |wrapping, handle| Request::WrapKey {
+            wrapping,
+            mechanism: WrapMechanism::AesKeyWrapPad,
+            handle,
+        };
+        assert_eq!(wrap(3, 4).session_handle(), None);
+        assert_eq!(wrap(3, SESSION).session_handle(), Some(SESSION));
+        assert_eq!(
+            wrap(SESSION | 1, SESSION).session_handle(),
+            Some(SESSION | 1)
+        );
+        let unwrap = Request::UnwrapKey {
+            unwrapping: SESSION,
+            mechanism: WrapMechanism::AesKeyWrapPad,
+            wrapped: vec![],
+            key_type: KeyType::Aes,
+            attributes: vec![],
+        };
+        assert_eq!(unwrap.session_handle(), Some(SESSION));
+        let derive = Request::DeriveKey {
+            base: SESSION,
+            mechanism: KdfMechanism::Hkdf {
+                hash: HashAlg::Sha256,
+                salt: vec![],
+                info: vec![],
+            },
+            spec: KeySpec::Aes { bits: 256 },
+            attributes: vec![],
+        };
+        assert_eq!(derive.session_handle(), Some(SESSION));
+        assert_eq!(Request::Random { len: 1 }.session_handle(), None);
+        assert_eq!(Request::ListKeys { filter: vec![] }.session_handle(), None);
+    }
 }

@@ -1,6 +1,7 @@
 //! A fake HSM node for the client's tests: a real mutual-TLS 1.3 server on 127.0.0.1 that
-//! speaks the protocol (hello, login, health, digest, random, and writes that just answer
-//! done) and can be told to answer busy, drop the connection, stall, or go down.
+//! speaks the protocol (hello, login, health, digest, random, list-keys, and writes that just
+//! answer done) and can be told to answer busy or unavailable, refuse logins, drop the
+//! connection, stall, go down, or claim another cluster.
 
 use crate::{ClientConfig, NodeEndpoint};
 use bytes::Bytes;
@@ -12,8 +13,8 @@ use rcgen::{
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use sealgate_hsm_proto::{
-    self as proto, Error, ErrorKind, Health, MAX_FRAME_LEN, Reply, Request, RequestFrame,
-    ResponseFrame, Role, Welcome,
+    self as proto, AttributeValue, Error, ErrorKind, Health, KeyInfo, MAX_FRAME_LEN,
+    MAX_RESPONSE_LEN, Reply, Request, RequestFrame, ResponseFrame, Role, Welcome,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +142,15 @@ pub(crate) struct Control {
     pub(crate) password: Mutex<String>,
     /// Answer busy to this many of the next requests (not hello, login, health, logout).
     pub(crate) busy: AtomicU32,
+    /// Answer unavailable to this many of the next requests (not hello, login, health,
+    /// logout), after running them (as a node whose store failed).
+    pub(crate) unavailable: AtomicU32,
+    /// Answer every login with this error (instead of checking the password).
+    pub(crate) login_error: Mutex<Option<ErrorKind>>,
+    /// The cluster id the welcome gives.
+    pub(crate) cluster_id: Mutex<String>,
+    /// How many keys list-keys answers (each with a few attributes).
+    pub(crate) keys: AtomicU32,
     /// Drop the connection, without answering, when a request of this name arrives (once).
     pub(crate) drop_on: Mutex<Option<&'static str>>,
     /// Leave requests unanswered (health included).
@@ -189,6 +199,7 @@ impl FakeNode {
         let addr = listener.local_addr().unwrap();
         let ctl = Arc::new(Control {
             password: Mutex::new(PASSWORD.to_owned()),
+            cluster_id: Mutex::new("test".to_owned()),
             ..Control::default()
         });
         let (kill, _) = watch::channel(0u64);
@@ -253,6 +264,34 @@ async fn accept(
     }
 }
 
+/// A key's metadata of some 600 bytes.
+fn fake_key(handle: u64, owner: u32) -> KeyInfo {
+    KeyInfo {
+        handle,
+        uid: format!("{handle:064x}"),
+        owner,
+        owner_name: "alice".into(),
+        shared_with: vec!["bob".into(), "carol".into()],
+        attributes: [
+            "label",
+            "id",
+            "class",
+            "key-type",
+            "token",
+            "sign",
+            "verify",
+            "encrypt",
+            "decrypt",
+            "wrap",
+            "unwrap",
+            "extractable",
+        ]
+        .iter()
+        .map(|name| AttributeValue::new(*name, format!("value of {name} for key {handle:032x}")))
+        .collect(),
+    }
+}
+
 fn respond(id: u64, result: Result<Reply, Error>) -> Bytes {
     Bytes::from(proto::encode(&ResponseFrame { id, result }))
 }
@@ -263,7 +302,8 @@ async fn serve(
     ctl: &Arc<Control>,
     mut killed: watch::Receiver<u64>,
 ) {
-    let (mut sink, mut frames) = Framed::new(stream, proto::length_codec(MAX_FRAME_LEN)).split();
+    // Answers may be as large as the protocol allows (a long key list).
+    let (mut sink, mut frames) = Framed::new(stream, proto::length_codec(MAX_RESPONSE_LEN)).split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -288,7 +328,7 @@ async fn serve(
             let welcome = Welcome {
                 version: proto::VERSION,
                 node_id,
-                cluster_id: "test".into(),
+                cluster_id: ctl.cluster_id.lock().unwrap().clone(),
                 max_frame_len: MAX_FRAME_LEN as u32,
                 max_in_flight: 64,
             };
@@ -307,6 +347,10 @@ async fn serve(
             continue;
         }
         let result = match request {
+            Request::Login { .. } if ctl.login_error.lock().unwrap().is_some() => {
+                let kind = ctl.login_error.lock().unwrap().unwrap_or(ErrorKind::Failed);
+                Err(Error::new(kind, format!("login refused: {kind}")))
+            }
             Request::Login { password, .. } => {
                 if password.expose() == *ctl.password.lock().unwrap() {
                     Ok(Reply::LoggedIn {
@@ -335,6 +379,21 @@ async fn serve(
             {
                 Err(Error::new(ErrorKind::Busy, "node is busy; retry later"))
             }
+            _ if ctl
+                .unavailable
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok() =>
+            {
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the node could not store the change, which may or may not survive",
+                ))
+            }
+            Request::ListKeys { .. } => Ok(Reply::Keys(
+                (0..u64::from(ctl.keys.load(Ordering::SeqCst)))
+                    .map(|handle| fake_key(handle, node_id))
+                    .collect(),
+            )),
             Request::Digest { data, .. } => {
                 // Answers after data[0] × 10 ms, with the node's id in front of the data, so
                 // tests see the order of answers and who answered.

@@ -3,10 +3,14 @@
 
 mod fake;
 
-use crate::{Client, ClientError, Credentials, ErrorKind, NodeStatus, Reply, Request, Secret};
+use crate::{
+    Client, ClientConfig, ClientError, ClientFile, ClientSection, ConnectError, Credentials,
+    ErrorKind, NodeSection, NodeStatus, Reply, Request, Secret,
+};
 use fake::{FakeNode, PASSWORD, Pki};
-use sealgate_hsm_proto::HashAlg;
+use sealgate_hsm_proto::{HashAlg, SignMechanism, WrapMechanism};
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -480,6 +484,8 @@ async fn a_refused_relogin_keeps_the_node_down_without_retrying() {
         assert_eq!(a.ctl.count("login"), 2, "no second guess");
         let node1 = status(&client, 1);
         assert!(!node1.up);
+        assert!(node1.parked, "parked, for the operator to see");
+        assert!(!status(&client, 2).parked);
         let last_error = node1.last_error.unwrap();
         assert!(last_error.contains("login refused"), "{last_error}");
         assert!(!last_error.contains(PASSWORD) && !last_error.contains("changed"));
@@ -617,4 +623,374 @@ fn credentials_never_print_the_password() {
         printed.contains("alice") && !printed.contains(PASSWORD),
         "{printed}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_unavailable_is_never_sent_to_another_node() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        for round in 1..=10 {
+            // Whichever node gets the write answers unavailable (its store failed after the
+            // write was applied in memory); the other node must never see it.
+            a.ctl.unavailable.store(1, Ordering::SeqCst);
+            b.ctl.unavailable.store(1, Ordering::SeqCst);
+            let error = client
+                .call(Request::DeleteKey { handle: 7 })
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), Some(ErrorKind::Unavailable), "{error:?}");
+            assert!(
+                matches!(error, ClientError::Node { .. }),
+                "the node's answer: {error:?}"
+            );
+            assert!(error.to_string().contains("may or may not"), "{error}");
+            assert_eq!(
+                a.ctl.count("delete-key") + b.ctl.count("delete-key"),
+                round,
+                "sent once, to one node"
+            );
+        }
+        // Node 1 alone: no retry on the same node either.
+        b.set_down(true);
+        eventually("node 2 down", || !status(&client, 2).up).await;
+        a.ctl.unavailable.store(1, Ordering::SeqCst);
+        let before = a.ctl.count("delete-key");
+        let error = client
+            .call_on(1, Request::DeleteKey { handle: 7 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::Unavailable), "{error:?}");
+        assert_eq!(a.ctl.count("delete-key"), before + 1);
+        assert_eq!(status(&client, 1).retries + status(&client, 2).retries, 0);
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answered_unavailable_is_retried_on_another_node() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            a.ctl.unavailable.store(1, Ordering::SeqCst);
+            let reply = client.call(Request::Random { len: 1 }).await.unwrap();
+            assert_eq!(data(reply), vec![2], "only node 2 answers");
+        }
+        assert!(
+            a.ctl.count("random") >= 1,
+            "node 1 was chosen at least once"
+        );
+        assert_eq!(status(&client, 1).retries as usize, a.ctl.count("random"));
+        // Pinned to one node, a read is retried there.
+        a.ctl.unavailable.store(1, Ordering::SeqCst);
+        let reply = client.call_on(1, Request::Random { len: 1 }).await.unwrap();
+        assert_eq!(data(reply), vec![1]);
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_user_parks_the_node() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        *a.ctl.login_error.lock().unwrap() = Some(ErrorKind::UserLocked);
+        a.kill_connections();
+        eventually("re-login tried", || a.ctl.count("login") == 2).await;
+        eventually("node 1 parked", || status(&client, 1).parked).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(a.ctl.count("login"), 2, "a lockout is not fed");
+        assert_eq!(a.ctl.accepted.load(Ordering::SeqCst), 2, "no reconnect");
+        let node1 = status(&client, 1);
+        assert!(!node1.up);
+        let last_error = node1.last_error.unwrap();
+        assert!(last_error.contains("user-locked"), "{last_error}");
+        assert!(!status(&client, 2).parked);
+        client.call(Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_login_errors_keep_reconnecting_until_the_node_accepts() {
+    within(async {
+        let pki = Pki::new();
+        let kinds = [
+            ErrorKind::LimitReached,
+            ErrorKind::WrongClusterState,
+            ErrorKind::Failed,
+            ErrorKind::Unavailable,
+            ErrorKind::Busy,
+        ];
+        let mut nodes = Vec::new();
+        for id in 1..=kinds.len() as u32 {
+            nodes.push(FakeNode::start(id, &pki).await);
+        }
+        let all: Vec<&FakeNode> = nodes.iter().collect();
+        let client = Client::connect(pki.config(&all), alice(PASSWORD))
+            .await
+            .unwrap();
+        for (node, kind) in nodes.iter().zip(kinds) {
+            *node.ctl.login_error.lock().unwrap() = Some(kind);
+            node.kill_connections();
+        }
+        for (node, kind) in nodes.iter().zip(kinds) {
+            // The first connection and at least two refused reconnects.
+            eventually("reconnects go on", || {
+                node.ctl.accepted.load(Ordering::SeqCst) >= 3
+            })
+            .await;
+            let status = status(&client, node.id);
+            assert!(!status.up && !status.parked, "{kind}: {status:?}");
+            let last_error = status.last_error.unwrap();
+            assert!(last_error.contains(kind.as_str()), "{kind}: {last_error}");
+        }
+        for node in &nodes {
+            *node.ctl.login_error.lock().unwrap() = None;
+        }
+        for node in &nodes {
+            eventually("node up again", || status(&client, node.id).up).await;
+            client
+                .call_on(node.id, Request::Random { len: 1 })
+                .await
+                .unwrap();
+        }
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tries_the_next_node_when_a_login_is_not_refused() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        *a.ctl.login_error.lock().unwrap() = Some(ErrorKind::LimitReached);
+        // Alone, node 1's answer is the error.
+        let error = Client::connect(pki.config(&[&a]), alice(PASSWORD))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::LimitReached), "{error:?}");
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        assert!(status(&client, 2).up);
+        assert!(!status(&client, 1).parked);
+        *a.ctl.login_error.lock().unwrap() = None;
+        eventually("node 1 up", || status(&client, 1).up).await;
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_session_keys_need_call_on() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        let session = (1u64 << 63) | 3;
+        let sign = |handle| Request::Sign {
+            handle,
+            mechanism: SignMechanism::Ed25519,
+            data: vec![1, 2, 3],
+        };
+        let error = client.call(sign(session)).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::SessionKeyNeedsNode { handle, request: "sign" } if handle == session),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("call_on") && message.contains("0x8000000000000003"),
+            "{message}"
+        );
+        // A token key wrapped under a session key: refused too.
+        let wrap = Request::WrapKey {
+            wrapping: session,
+            mechanism: WrapMechanism::AesKeyWrapPad,
+            handle: 9,
+        };
+        let error = client.call(wrap).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::SessionKeyNeedsNode { handle, .. } if handle == session),
+            "{error:?}"
+        );
+        assert_eq!(a.ctl.count("sign") + b.ctl.count("sign"), 0, "nothing sent");
+        assert_eq!(a.ctl.count("wrap-key") + b.ctl.count("wrap-key"), 0);
+        // Token keys are load-balanced; session keys go to their node with call_on.
+        client.call(sign(3)).await.unwrap();
+        client.call_on(2, sign(session)).await.unwrap();
+        assert_eq!(b.ctl.count("sign"), 1 + usize::from(a.ctl.count("sign") == 0));
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_another_cluster_are_refused_before_login() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b, c) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+            FakeNode::start(3, &pki).await,
+        );
+        *a.ctl.cluster_id.lock().unwrap() = "0a1b".into();
+        *b.ctl.cluster_id.lock().unwrap() = "ffff".into();
+        // Node 3 is not initialized yet: no cluster id, accepted.
+        c.ctl.cluster_id.lock().unwrap().clear();
+
+        let mut config = pki.config(&[&b]);
+        config.cluster_id = Some("0A1B".into());
+        let error = Client::connect(config, alice(PASSWORD)).await.unwrap_err();
+        match &error {
+            ClientError::Connect {
+                node: 2,
+                source: ConnectError::WrongCluster { expected, found },
+                ..
+            } => assert_eq!((expected.as_str(), found.as_str()), ("0A1B", "ffff")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            error
+                .to_string()
+                .contains("cluster ffff, not to cluster 0A1B"),
+            "{error}"
+        );
+
+        let mut config = pki.config(&[&a, &b, &c]);
+        config.cluster_id = Some("0A1B".into());
+        let client = Client::connect(config, alice(PASSWORD)).await.unwrap();
+        assert!(status(&client, 1).up && status(&client, 3).up);
+        // The background task keeps trying node 2, and keeps refusing it.
+        eventually("node 2 retried", || {
+            b.ctl.accepted.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        let node2 = status(&client, 2);
+        assert!(!node2.up);
+        let last_error = node2.last_error.unwrap();
+        assert!(last_error.contains("cluster ffff"), "{last_error}");
+        assert_eq!(
+            b.ctl.seen.lock().unwrap().len(),
+            0,
+            "no login, nothing sent"
+        );
+        client.close().await;
+
+        // Without cluster_id in the configuration, any cluster is accepted.
+        let client = Client::connect(pki.config(&[&b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_list_larger_than_a_request_frame_is_received() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        node.ctl.keys.store(8_000, Ordering::SeqCst);
+        let reply = client
+            .call(Request::ListKeys { filter: Vec::new() })
+            .await
+            .unwrap();
+        let encoded = sealgate_hsm_proto::encode(&reply).len();
+        assert!(encoded > 4 << 20, "{encoded} bytes");
+        match reply {
+            Reply::Keys(keys) => {
+                assert_eq!(keys.len(), 8_000);
+                assert!(keys.iter().enumerate().all(|(i, k)| k.handle == i as u64));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(status(&client, 1).up, "the connection survived");
+        client.call(Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[test]
+fn timeouts_over_an_hour_are_refused_naming_the_key() {
+    let file = |client: ClientSection| ClientFile {
+        cluster_id: None,
+        ca: "ca.pem".into(),
+        cert: "client.pem".into(),
+        key: "client-key.pem".into(),
+        client,
+        nodes: vec![NodeSection {
+            id: 1,
+            address: "127.0.0.1:2225".into(),
+            server_name: None,
+        }],
+    };
+    let check = |client: ClientSection| {
+        ClientConfig::from_file(file(client), Path::new("/etc/sg"), Path::new("client.toml"))
+    };
+    let hour = 3_600_000;
+    let config = check(ClientSection {
+        request_timeout_ms: hour,
+        connect_timeout_ms: hour,
+        health_interval_ms: hour,
+        busy_retries: 3,
+    })
+    .expect("an hour is accepted");
+    assert_eq!(config.request_timeout, Duration::from_secs(3600));
+    for key in [
+        "request_timeout_ms",
+        "connect_timeout_ms",
+        "health_interval_ms",
+    ] {
+        for value in [hour + 1, u64::MAX] {
+            let mut section = ClientSection::default();
+            match key {
+                "request_timeout_ms" => section.request_timeout_ms = value,
+                "connect_timeout_ms" => section.connect_timeout_ms = value,
+                _ => section.health_interval_ms = value,
+            }
+            let error = check(section).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("client.toml: client.{key}"))
+                    && error.contains("at most 3600000"),
+                "{key}: {error}"
+            );
+        }
+    }
 }
