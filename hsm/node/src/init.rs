@@ -29,7 +29,7 @@ use rcgen::{
 };
 use sealgate_hsm_client::ClientFile;
 use sealgate_hsm_core::crypto::{CryptoError, Password, random_bytes};
-use sealgate_hsm_core::{DriverError, EngineConfig, LocalHsm, Timestamp};
+use sealgate_hsm_core::{DriverError, EngineConfig, LocalHsm};
 use sealgate_hsm_core::{EngineError, StoreError};
 use serde::Serialize;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
@@ -37,7 +37,7 @@ use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
 /// The host written into the configurations unless another is given.
@@ -532,13 +532,6 @@ fn preco_password(path: &Path) -> Result<Zeroizing<String>, InitError> {
 }
 
 /// Milliseconds since the Unix epoch, now.
-fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp(ms)
-}
-
 /// Initializes the engine in the store at `store_path`; returns the cluster id (hex).
 fn initialize_store(
     created: &mut Created,
@@ -561,7 +554,10 @@ fn initialize_store(
     let mut hsm = LocalHsm::open(store, master, EngineConfig::default()).map_err(store_error)?;
     let cmd = hsm
         .engine()
-        .initialize(&Password::new(String::clone(password)), now())
+        .initialize(
+            &Password::new(String::clone(password)),
+            crate::service::now(),
+        )
         .map_err(|e| engine_error(e.into()))?;
     hsm.commit(&cmd, None).map_err(engine_error)?;
     let session = hsm
@@ -902,7 +898,7 @@ mod tests {
                 s,
                 PRECO_NAME,
                 &Password::new(password.trim_end().to_owned()),
-                now(),
+                crate::service::now(),
             )
             .unwrap();
         assert!(matches!(step, Step::Done(())));

@@ -9,7 +9,7 @@
 
 use crate::convert;
 use crate::store::RedbStore;
-use sealgate_hsm_core::crypto::{Password, PublicKey};
+use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
     Command, DriverError, Engine, EngineError, FromOutcome, KeyHandle, LocalHsm, Outcome,
     SessionId, Step, Timestamp,
@@ -32,7 +32,8 @@ pub(crate) struct Hsm {
     cluster_id: RwLock<String>,
 }
 
-fn now() -> Timestamp {
+/// The engine's time: the wall clock in milliseconds since the Unix epoch.
+pub(crate) fn now() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -462,27 +463,13 @@ impl Hsm {
                 mechanism,
                 data,
                 aad,
-            } => {
-                let mechanism = convert::encrypt_mechanism(mechanism);
-                self.read()?
-                    .engine()
-                    .encrypt(session, KeyHandle(handle), mechanism, &data, &aad)
-                    .map(Reply::Data)
-                    .map_err(engine_error)
-            }
+            } => self.cipher(Engine::encrypt, session, handle, mechanism, &data, &aad),
             Request::Decrypt {
                 handle,
                 mechanism,
                 data,
                 aad,
-            } => {
-                let mechanism = convert::encrypt_mechanism(mechanism);
-                self.read()?
-                    .engine()
-                    .decrypt(session, KeyHandle(handle), mechanism, &data, &aad)
-                    .map(Reply::Data)
-                    .map_err(engine_error)
-            }
+            } => self.cipher(Engine::decrypt, session, handle, mechanism, &data, &aad),
             Request::Digest { hash, data } => self
                 .read()?
                 .engine()
@@ -500,6 +487,41 @@ impl Hsm {
                 "this node does not support that request",
             )),
         }
+    }
+}
+
+/// [`Engine::encrypt`] or [`Engine::decrypt`].
+type CipherOp = fn(
+    &Engine,
+    SessionId,
+    KeyHandle,
+    EncryptMechanism,
+    &[u8],
+    &[u8],
+) -> Result<Vec<u8>, EngineError>;
+
+impl Hsm {
+    /// Encrypts or decrypts (`op`) under the read lock.
+    fn cipher(
+        &self,
+        op: CipherOp,
+        session: SessionId,
+        handle: u64,
+        mechanism: proto::EncryptMechanism,
+        data: &[u8],
+        aad: &[u8],
+    ) -> Result<Reply, proto::Error> {
+        let mechanism = convert::encrypt_mechanism(mechanism);
+        op(
+            self.read()?.engine(),
+            session,
+            KeyHandle(handle),
+            mechanism,
+            data,
+            aad,
+        )
+        .map(Reply::Data)
+        .map_err(engine_error)
     }
 }
 
