@@ -25,7 +25,7 @@ pub enum Step<T> {
 }
 
 /// What applying a command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Outcome {
     /// The cluster was initialized.

@@ -7,8 +7,8 @@
 //! alike.
 
 use crate::api::{
-    Applied, ClusterInfo, EngineConfig, EngineStats, KeyInfo, MaskedObject, Outcome, Step,
-    SyncStatus, UserInfo,
+    Applied, ClusterInfo, ClusterLimits, EngineConfig, EngineStats, KeyInfo, MaskedObject, Outcome,
+    Step, SyncStatus, UserInfo,
 };
 use crate::attributes::Attribute;
 use crate::attributes::{AttributeChange, KeyAttributes, KeyFilter, KeyTemplate};
@@ -304,47 +304,18 @@ pub fn normalize_user_name(name: &str) -> Result<String, EngineError> {
     Ok(lower)
 }
 
-impl Engine {
-    /// A new engine with no state (a node that has not joined or initialized a cluster).
-    pub fn new(master: MasterKey, config: EngineConfig) -> Self {
-        let meta = MetaRecord {
-            format: STORE_FORMAT,
-            fingerprint: master.fingerprint(),
-            cluster_uid: None,
-            activated: false,
-            next_user_id: 1,
-            next_handle: 1,
-            next_tombstone: 1,
-            applied: 0,
-            limits: config.cluster,
-            rows_digest: [0; 32],
-        };
-        Self {
-            master,
-            config,
-            meta,
-            users: BTreeMap::new(),
-            keys: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            next_session: 1,
-            next_session_handle: 1,
-            tombstones: BTreeSet::new(),
-            row_tags: BTreeMap::new(),
-            pending_failures: BTreeMap::new(),
-        }
-    }
+/// The replicated part of the engine's state, as loaded from rows.
+struct LoadedState {
+    meta: MetaRecord,
+    users: BTreeMap<UserId, User>,
+    keys: BTreeMap<KeyHandle, KeyObject>,
+    tombstones: BTreeSet<ObjectUid>,
+    row_tags: BTreeMap<(Table, u64), [u8; 32]>,
+}
 
-    /// Rebuilds the engine from a store's rows. Fails with a clear error if the rows were
-    /// written under another master key or are damaged.
-    pub fn restore(
-        master: MasterKey,
-        config: EngineConfig,
-        snapshot: &Snapshot,
-    ) -> Result<Self, StoreError> {
-        let mut engine = Self::new(master, config);
-        if snapshot.is_empty() {
-            return Ok(engine);
-        }
+impl LoadedState {
+    /// Loads and checks every row of `snapshot` (not empty) into this empty state.
+    fn load(&mut self, master: &MasterKey, snapshot: &Snapshot) -> Result<(), StoreError> {
         let corrupt = |table: Table, key: u64, reason: &'static str| StoreError::Corrupt {
             table: table.name(),
             key,
@@ -378,7 +349,7 @@ impl Engine {
                 supported: STORE_FORMAT,
             });
         }
-        let ours = engine.master.fingerprint();
+        let ours = master.fingerprint();
         if meta.fingerprint != ours {
             return Err(StoreError::MasterKeyMismatch {
                 expected: Fingerprint(meta.fingerprint),
@@ -386,10 +357,7 @@ impl Engine {
             });
         }
         const EDITED: &str = "fails its integrity check: it was changed outside sealgate";
-        if !engine
-            .master
-            .check_record_tag(&row_context(Table::Meta, 0), &meta_payload, &meta_tag)
-        {
+        if !master.check_record_tag(&row_context(Table::Meta, 0), &meta_payload, &meta_tag) {
             return Err(corrupt(Table::Meta, 0, EDITED));
         }
         let mut digest = [0u8; 32];
@@ -402,14 +370,11 @@ impl Engine {
                 continue;
             }
             let (payload, tag) = split(table, key, bytes)?;
-            if !engine
-                .master
-                .check_record_tag(&row_context(table, key), &payload, &tag)
-            {
+            if !master.check_record_tag(&row_context(table, key), &payload, &tag) {
                 return Err(corrupt(table, key, EDITED));
             }
-            xor_into(&mut digest, &row_element(&engine.master, table, key, &tag));
-            engine.row_tags.insert((table, key), tag);
+            xor_into(&mut digest, &row_element(master, table, key, &tag));
+            self.row_tags.insert((table, key), tag);
             match table {
                 Table::Meta => {}
                 Table::Users => {
@@ -418,12 +383,12 @@ impl Engine {
                     let password = match &r.password {
                         Some(sealed) => Some((
                             sealed.clone(),
-                            open_password(&engine.master, r.uid, sealed)
+                            open_password(master, r.uid, sealed)
                                 .map_err(|_| corrupt(table, key, "password does not open"))?,
                         )),
                         None => None,
                     };
-                    engine.users.insert(
+                    self.users.insert(
                         r.id,
                         User {
                             id: r.id,
@@ -440,14 +405,14 @@ impl Engine {
                     let r: KeyRecord = postcard::from_bytes(&payload)
                         .map_err(|_| corrupt(table, key, "does not decode"))?;
                     let handle = r.handle;
-                    let obj = open_key(&engine.master, r)
+                    let obj = open_key(master, r)
                         .map_err(|_| corrupt(table, key, "key material does not open"))?;
-                    engine.keys.insert(handle, obj);
+                    self.keys.insert(handle, obj);
                 }
                 Table::Tombstones => {
                     let uid: ObjectUid = postcard::from_bytes(&payload)
                         .map_err(|_| corrupt(table, key, "does not decode"))?;
-                    engine.tombstones.insert(uid);
+                    self.tombstones.insert(uid);
                 }
             }
         }
@@ -458,8 +423,97 @@ impl Engine {
                 "rows were added, removed or rolled back outside sealgate",
             ));
         }
-        engine.meta = meta;
+        self.meta = meta;
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// A new engine with no state (a node that has not joined or initialized a cluster).
+    pub fn new(master: MasterKey, config: EngineConfig) -> Self {
+        let LoadedState {
+            meta,
+            users,
+            keys,
+            tombstones,
+            row_tags,
+        } = Self::new_state(&master, config.cluster);
+        Self {
+            master,
+            config,
+            meta,
+            users,
+            keys,
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            next_session_handle: 1,
+            tombstones,
+            row_tags,
+            pending_failures: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the engine from a store's rows. Fails with a clear error if the rows were
+    /// written under another master key or are damaged.
+    pub fn restore(
+        master: MasterKey,
+        config: EngineConfig,
+        snapshot: &Snapshot,
+    ) -> Result<Self, StoreError> {
+        let mut engine = Self::new(master, config);
+        engine.reload(snapshot)?;
         Ok(engine)
+    }
+
+    /// Replaces the replicated state (users, keys, counters) with the rows of `snapshot`, as
+    /// when a node installs a snapshot of its cluster. The rows are checked as [`Engine::restore`]
+    /// checks them, and nothing changes if they fail. Sessions stay open: a session whose user
+    /// no longer exists is logged out; session keys are kept.
+    pub fn reload(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut loaded = Self::new_state(&self.master, self.config.cluster);
+        if !snapshot.is_empty() {
+            loaded.load(&self.master, snapshot)?;
+        }
+        let LoadedState {
+            meta,
+            users,
+            keys,
+            tombstones,
+            row_tags,
+        } = loaded;
+        self.meta = meta;
+        self.users = users;
+        self.keys = keys;
+        self.tombstones = tombstones;
+        self.row_tags = row_tags;
+        self.pending_failures.clear();
+        for session in self.sessions.values_mut() {
+            if session.user.is_some_and(|u| !self.users.contains_key(&u)) {
+                session.user = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn new_state(master: &MasterKey, limits: ClusterLimits) -> LoadedState {
+        LoadedState {
+            meta: MetaRecord {
+                format: STORE_FORMAT,
+                fingerprint: master.fingerprint(),
+                cluster_uid: None,
+                activated: false,
+                next_user_id: 1,
+                next_handle: 1,
+                next_tombstone: 1,
+                applied: 0,
+                limits,
+                rows_digest: [0; 32],
+            },
+            users: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            tombstones: BTreeSet::new(),
+            row_tags: BTreeMap::new(),
+        }
     }
 
     /// The limits in force.

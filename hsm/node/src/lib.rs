@@ -11,6 +11,7 @@ mod convert;
 pub mod init;
 mod master_key;
 mod pool;
+pub mod raft;
 mod server;
 mod service;
 mod store;

@@ -6,12 +6,15 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use sealgate_hsm_core::{Snapshot, Store, StoreBatch, StoreError, StoreOp, Table};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const META: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("tombstones");
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("log");
+/// The replicated state machine's own record (last applied raft log id, membership).
+const MACHINE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_machine");
 
 /// How many log entries a store keeps behind its snapshot.
 pub const LOG_KEEP: u64 = 4096;
@@ -31,7 +34,7 @@ fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
 
 /// A redb database file holding the engine's records.
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -50,7 +53,7 @@ impl RedbStore {
             StoreError::Backend(format!("cannot open store {}: {e}", path.display()).into())
         })?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             path: path.to_owned(),
         })
     }
@@ -63,20 +66,7 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let mut snapshot = Snapshot::default();
-        for table in Table::ALL {
-            let t = match tx.open_table(definition(table)) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => continue,
-                Err(e) => return Err(backend(e)),
-            };
-            for row in t.iter().map_err(backend)? {
-                let (k, v) = row.map_err(backend)?;
-                snapshot.rows.insert((table, k.value()), v.value().to_vec());
-            }
-        }
-        Ok(snapshot)
+        self.rows()
     }
 
     fn commit(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
@@ -106,6 +96,69 @@ impl Store for RedbStore {
 }
 
 impl RedbStore {
+    /// The database, shared with the raft log.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    /// Every engine row (as [`Store::load`] gives them), without needing `&mut`.
+    pub fn rows(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let mut snapshot = Snapshot::default();
+        for table in Table::ALL {
+            let t = match tx.open_table(definition(table)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(backend(e)),
+            };
+            for row in t.iter().map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                snapshot.rows.insert((table, k.value()), v.value().to_vec());
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Writes the engine's `batch` and the state machine's record in one durable transaction.
+    pub fn commit_applied(&mut self, batch: &StoreBatch, machine: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        write_batch(&tx, batch)?;
+        tx.open_table(MACHINE)
+            .map_err(backend)?
+            .insert(0, machine)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    /// The state machine's record, if one was written.
+    pub fn machine(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = match tx.open_table(MACHINE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        Ok(t.get(0).map_err(backend)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Replaces every engine row with `rows` and writes the state machine's record, in one
+    /// durable transaction (installing a snapshot).
+    pub fn replace_all(&mut self, rows: &Snapshot, machine: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        for table in Table::ALL {
+            let mut t = tx.open_table(definition(table)).map_err(backend)?;
+            t.retain(|_, _| false).map_err(backend)?;
+            for ((_, key), value) in rows.rows.iter().filter(|((t, _), _)| *t == table) {
+                t.insert(*key, value.as_slice()).map_err(backend)?;
+            }
+        }
+        tx.open_table(MACHINE)
+            .map_err(backend)?
+            .insert(0, machine)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
     /// Log entries from `from` on, in order (encoded commands).
     pub fn log_entries(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
