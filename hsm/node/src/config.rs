@@ -82,7 +82,7 @@ impl Default for LimitsSection {
             max_queued: 4_096,
             crypto_threads: 0,
             max_sessions: 10_000,
-            handshake_timeout_secs: 10,
+            handshake_timeout_secs: 5,
             shutdown_grace_secs: 10,
             write_timeout_secs: 30,
         }

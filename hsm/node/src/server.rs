@@ -88,6 +88,8 @@ struct Shared {
     sessions: AtomicUsize,
     /// Requests answered `busy`.
     busy: AtomicUsize,
+    /// Connections refused at accept, logged at most once a second.
+    refusals: RateLimitedLog,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -165,6 +167,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         connections: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
+        refusals: RateLimitedLog::default(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
@@ -248,6 +251,36 @@ async fn wait_for_signal() {
     }
 }
 
+/// A warning that a flood would repeat: logged at most once a second, with how many were not.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: AtomicUsize,
+}
+
+impl RateLimitedLog {
+    /// Calls `log` with the number of events suppressed since the last line, or counts this
+    /// one as suppressed.
+    fn note(&self, log: impl FnOnce(usize)) {
+        let now = std::time::Instant::now();
+        let due = match self.last.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => true,
+        };
+        if due {
+            log(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
@@ -258,7 +291,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             Ok((tcp, peer)) => {
                 let open = shared.connections.load(Ordering::Relaxed);
                 if open >= shared.config.limits.max_connections {
-                    warn!(%peer, "refused connection: {open} connections open (limit)");
+                    shared.refusals.note(|suppressed| {
+                        warn!(
+                            %peer,
+                            "refused connection: {open} connections open (limit); \
+                             {suppressed} more refused in the last second"
+                        );
+                    });
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
@@ -598,4 +637,28 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(job)
         .await
         .map_err(|_| proto::Error::new(ErrorKind::Failed, "the request failed inside the node"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_is_one_line_a_second_with_a_count() {
+        let log = RateLimitedLog::default();
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            log.note(|suppressed| lines.push(suppressed));
+        }
+        assert_eq!(lines, vec![0], "one line for the first second");
+        if let Ok(mut last) = log.last.lock() {
+            *last = Some(std::time::Instant::now() - Duration::from_secs(2));
+        }
+        log.note(|suppressed| lines.push(suppressed));
+        assert_eq!(
+            lines,
+            vec![0, 999],
+            "the next line counts what was not logged"
+        );
+    }
 }
