@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -67,7 +69,8 @@ pub struct NodeStatus {
     /// Requests that failed on it (connection lost, timeout) and were offered to another node.
     pub failovers: u64,
     /// Answers from it that were retried: `busy` and `too-many-in-flight` (the request did not
-    /// run), and `unavailable` to requests safe to repeat.
+    /// run), and `unavailable` and `not-logged-in` (the node ended the session) to requests
+    /// safe to repeat.
     pub retries: u64,
     /// Whether the node refused the client's credentials (`login-failed` or `user-locked`),
     /// so the client stopped logging in to it: it stays down until the client is connected
@@ -139,6 +142,7 @@ impl Client {
             credentials,
             settings,
             shutdown: CancellationToken::new(),
+            changes: watch::Sender::new(()),
         });
         let nodes: Vec<Arc<Node>> = config
             .nodes
@@ -184,7 +188,7 @@ impl Client {
             let mut first = None;
             let mut login_error = None;
             for (node, conn) in rest.by_ref() {
-                match node::login(node, &conn, credentials, &settings).await {
+                match node::login(node, &conn, credentials, &shared).await {
                     Ok(()) => {
                         first = Some((node, conn));
                         break;
@@ -208,7 +212,7 @@ impl Client {
             let rest: Vec<_> = rest.collect();
             let logins = join_all(
                 rest.iter()
-                    .map(|(node, conn)| node::login(node, conn, credentials, &settings)),
+                    .map(|(node, conn)| node::login(node, conn, credentials, &shared)),
             )
             .await;
             conns = vec![first];
@@ -254,6 +258,15 @@ impl Client {
     /// safe to repeat is sent to another healthy node, at most once per node; any other request
     /// fails with [`ClientError::Interrupted`] and is never sent twice.
     ///
+    /// A `not-logged-in` answer, when the client logged in (credentials were given), means the
+    /// node ended the session (the user's password was reset, the user deleted, or the PRECO's
+    /// activation ended its other sessions): the node is marked down and its connection closed,
+    /// and the background task logs in to it again. A request safe to repeat is then sent to
+    /// another node, or to the same once it is back (waiting up to `request_timeout` when no
+    /// node is up), within the same `busy_retries`; any other request returns the node's error
+    /// (kind [`ErrorKind::NotLoggedIn`](crate::ErrorKind::NotLoggedIn)) and is never re-sent.
+    /// Without credentials, `not-logged-in` is returned like any other answer.
+    ///
     /// A request naming a session key (a handle with bit 63 set, see
     /// [`Request::session_handle`]) is refused with [`ClientError::SessionKeyNeedsNode`]:
     /// session keys live on the node that created them, and the same number names another key
@@ -266,13 +279,23 @@ impl Client {
                 handle,
             });
         }
-        let settings = self.inner.shared.settings;
+        let shared = &self.inner.shared;
+        let settings = shared.settings;
         let mut failed: Vec<u32> = Vec::new();
         let mut avoid = None;
         let mut retries = 0;
         let mut last_error = None;
+        // After a node ended the session: news of nodes coming up, and the wait's end.
+        let mut relogin: Option<(watch::Receiver<()>, Instant)> = None;
         loop {
             let Some((node, conn)) = self.inner.pick(&failed, avoid) else {
+                // No node up: if one is logging in again, wait for it (or another).
+                if let Some((changes, until)) = relogin.as_mut()
+                    && self.inner.may_come_up(&failed)
+                    && node::wait_for_change(shared, changes, *until).await
+                {
+                    continue;
+                }
                 return Err(last_error.unwrap_or(ClientError::NoNodeAvailable));
             };
             let failure = match node
@@ -280,6 +303,30 @@ impl Client {
                 .await
             {
                 Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error)) if node::session_ended(error.kind, shared) => {
+                    // Subscribed before the node goes down, so its return is not missed.
+                    let changes = shared.changes.subscribe();
+                    node.end_session(&conn, &error);
+                    let error = ClientError::Node {
+                        node: node.id(),
+                        error,
+                    };
+                    if !request.is_idempotent() || retries >= settings.busy_retries {
+                        return Err(error);
+                    }
+                    retries += 1;
+                    node.count_retry();
+                    avoid = Some(node.id());
+                    debug!(
+                        node = node.id(),
+                        request = request.name(),
+                        retries,
+                        "the node ended the session; sending again: {error}"
+                    );
+                    relogin = Some((changes, node::deadline(settings.request_timeout)));
+                    last_error = Some(error);
+                    continue;
+                }
                 Ok(Err(error))
                     if node::may_resend(error.kind, &request)
                         && retries < settings.busy_retries =>
@@ -324,7 +371,11 @@ impl Client {
 
     /// Sends `request` to node `node_id` only: no failover (node-local session keys, per-node
     /// administration). `busy` answers (and `unavailable` to requests safe to repeat) are
-    /// still retried on that node.
+    /// still retried on that node. When the node ends the session (`not-logged-in` to a client
+    /// that logged in, see [`Client::call`]), it is logged in again, and a request safe to
+    /// repeat is sent again once it is back; any other request returns the node's error. So
+    /// does a request naming a session key: session keys end with their session, and after
+    /// the new login the same number may name another session key.
     pub async fn call_on(&self, node_id: u32, request: Request) -> Result<Reply, ClientError> {
         self.check(&request)?;
         let node = self
@@ -333,10 +384,7 @@ impl Client {
             .iter()
             .find(|node| node.id() == node_id)
             .ok_or(ClientError::UnknownNode { node: node_id })?;
-        node::pinned(node, &request, &self.inner.shared.settings, || {
-            node.connection()
-        })
-        .await
+        node::pinned(node, &request, &self.inner.shared, || node.connection()).await
     }
 
     /// A snapshot of every node, in configuration order.
@@ -421,5 +469,12 @@ impl Inner {
         up.into_iter()
             .nth(chosen)
             .map(|(node, conn)| (Arc::clone(node), conn))
+    }
+
+    /// Whether a node not in `failed` may still come up (it is not parked).
+    fn may_come_up(&self, failed: &[u32]) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| !failed.contains(&node.id()) && !node.is_parked())
     }
 }

@@ -36,7 +36,7 @@ const CLIENT_NAME: &str = concat!("sealgate-hsm-client/", env!("CARGO_PKG_VERSIO
 /// The id of the hello request; later requests count up from the next one.
 const HELLO_ID: u64 = 1;
 /// The deadline used for a timeout too long to add to the current instant.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 /// How long a closing connection may take to send TLS close_notify.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 

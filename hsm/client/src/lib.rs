@@ -20,7 +20,13 @@
 //! - **Health:** a background task per node checks health, marks nodes down, reconnects with
 //!   backoff, logs in again with the stored credentials, and marks them up; a node that
 //!   refuses the credentials (`login-failed`, `user-locked`) is parked instead, as failed
-//!   logins count toward lockout.
+//!   logins count toward lockout. A node that ends the client's session while the connection
+//!   stays open (it answers `not-logged-in` after a password reset, a user deletion, or the
+//!   PRECO's activation) is treated like a lost connection: marked down, reconnected and
+//!   logged in again (parked if that login is refused). The request it refused is sent again,
+//!   to another node or to the same once back, if it is safe to repeat; a write returns the
+//!   node's error and is never re-sent. Without credentials, `not-logged-in` is just an
+//!   answer.
 //!
 //! What this crate does **not** do: it does not depend on the engine (`sealgate-hsm-core`) or
 //! the crypto crate (`sealgate-hsm-crypto`), performs no cryptography of its own besides TLS,

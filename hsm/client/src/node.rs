@@ -10,6 +10,8 @@ use sealgate_hsm_proto::{ErrorKind, Reply, Request};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -41,6 +43,16 @@ pub(crate) struct Shared {
     pub(crate) credentials: Option<Credentials>,
     pub(crate) settings: Settings,
     pub(crate) shutdown: CancellationToken,
+    /// Bumped by the background tasks when a node comes up again or is parked, for requests
+    /// waiting for a node that ended the session to log in again ([`wait_for_change`]).
+    pub(crate) changes: watch::Sender<()>,
+}
+
+impl Shared {
+    /// Wakes the requests waiting in [`wait_for_change`].
+    fn node_changed(&self) {
+        self.changes.send_replace(());
+    }
 }
 
 #[derive(Default)]
@@ -52,6 +64,9 @@ struct NodeState {
     /// The node refused the credentials (`login-failed`, `user-locked`): no more login
     /// attempts (they count toward lockout).
     parked: bool,
+    /// The node went down because it ended the client's session ([`Node::end_session`]);
+    /// read (and cleared) by the background task to choose its reconnect wait.
+    session_ended: bool,
 }
 
 /// One node.
@@ -96,6 +111,10 @@ impl Node {
     /// Marks the node down if `conn` is still its connection, and closes `conn` (failing its
     /// requests in flight, which then fail over).
     fn mark_down(&self, conn: &Arc<Connection>, reason: String) {
+        self.mark_down_because(conn, reason, false);
+    }
+
+    fn mark_down_because(&self, conn: &Arc<Connection>, reason: String, session_ended: bool) {
         {
             let mut state = lock(&self.state);
             if state
@@ -104,11 +123,32 @@ impl Node {
                 .is_some_and(|current| Arc::ptr_eq(current, conn))
             {
                 state.conn = None;
+                state.session_ended = session_ended;
                 warn!(node = self.id(), address = %self.endpoint.address, %reason, "hsm node down");
                 state.last_error = Some(reason.clone());
             }
         }
         conn.close(&reason);
+    }
+
+    /// The node answered `not-logged-in` on `conn`, which the client logged in: it ended the
+    /// session (the user's password was reset, another session of the PRECO activated the
+    /// cluster, the user was deleted) while the connection stays open, and would refuse every
+    /// further request on it. Treated like a lost connection: the node is marked down and
+    /// `conn` closed (requests still in flight on it fail over, or are interrupted), and the
+    /// background task reconnects and logs in again, or parks the node if the login is
+    /// refused.
+    pub(crate) fn end_session(&self, conn: &Arc<Connection>, error: &sealgate_hsm_proto::Error) {
+        let reason = format!(
+            "the node ended the session ({}: {error}); logging in again",
+            error.kind
+        );
+        self.mark_down_because(conn, reason, true);
+    }
+
+    /// Whether the node last went down because it ended the session; clears the mark.
+    fn take_session_ended(&self) -> bool {
+        std::mem::take(&mut lock(&self.state).session_ended)
     }
 
     /// Takes the connection away (the client is closing).
@@ -134,7 +174,7 @@ impl Node {
         state.last_error = Some(reason);
     }
 
-    fn is_parked(&self) -> bool {
+    pub(crate) fn is_parked(&self) -> bool {
         lock(&self.state).parked
     }
 
@@ -202,6 +242,35 @@ pub(crate) fn may_resend(kind: ErrorKind, request: &Request) -> bool {
     refused_unrun(kind) || (kind == ErrorKind::Unavailable && request.is_idempotent())
 }
 
+/// Whether a node's error answer means it ended the client's session ([`Node::end_session`]):
+/// `not-logged-in` to a client that logged in. A client without credentials never logged in,
+/// so to it `not-logged-in` is just the node's answer.
+pub(crate) fn session_ended(kind: ErrorKind, shared: &Shared) -> bool {
+    kind == ErrorKind::NotLoggedIn && shared.credentials.is_some()
+}
+
+/// The instant `timeout` from now (far in the future if that overflows).
+pub(crate) fn deadline(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + connection::FAR_FUTURE)
+}
+
+/// Waits for news from the background tasks (a node came up again or was parked) on
+/// `changes`, subscribed before the node was marked down. False when `deadline` passes or the
+/// client closes first.
+pub(crate) async fn wait_for_change(
+    shared: &Shared,
+    changes: &mut watch::Receiver<()>,
+    deadline: Instant,
+) -> bool {
+    tokio::select! {
+        () = shared.shutdown.cancelled() => false,
+        () = tokio::time::sleep_until(deadline) => false,
+        changed = changes.changed() => changed.is_ok(),
+    }
+}
+
 /// Whether a node refused a login in a way that another try would only repeat and that
 /// counts toward lockout: a wrong user name or password, or a locked user. The node is then
 /// parked (no more logins with these credentials). Any other error (busy, unavailable, a
@@ -244,20 +313,61 @@ pub(crate) fn failure_error(node: u32, request: &Request, failure: Failure) -> C
 /// Sends `request` to `node` on the connection `conn` gives (asked again before every try),
 /// retrying answers that allow it ([`may_resend`]: busy, or unavailable for a request safe to
 /// repeat) up to the configured count, with backoff. No failover.
+///
+/// When the node ends the session ([`session_ended`]), it is marked down to log in again; a
+/// request safe to repeat is sent again once the node is back (waiting up to
+/// `request_timeout`), within the same retry count; any other request returns the node's
+/// error, and so does one naming a session key (the key ended with the session, and after
+/// the new login its number may name another one).
 pub(crate) async fn pinned(
     node: &Node,
     request: &Request,
-    settings: &Settings,
+    shared: &Shared,
     conn: impl Fn() -> Option<Arc<Connection>>,
 ) -> Result<Reply, ClientError> {
+    let settings = &shared.settings;
     let mut retries = 0;
+    // After the node ended the session: news of it coming back, the wait's end, and the
+    // node's answer (returned if it does not come back in time).
+    let mut relogin: Option<(watch::Receiver<()>, Instant, ClientError)> = None;
     loop {
-        let current = conn().ok_or(ClientError::NodeDown { node: node.id() })?;
+        let Some(current) = conn() else {
+            if let Some((changes, until, _)) = relogin.as_mut()
+                && !node.is_parked()
+                && wait_for_change(shared, changes, *until).await
+            {
+                continue;
+            }
+            return Err(relogin.map_or(ClientError::NodeDown { node: node.id() }, |r| r.2));
+        };
         match node
             .attempt(&current, request, settings.request_timeout)
             .await
         {
             Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(error)) if session_ended(error.kind, shared) => {
+                let changes = shared.changes.subscribe();
+                node.end_session(&current, &error);
+                let error = ClientError::Node {
+                    node: node.id(),
+                    error,
+                };
+                if !request.is_idempotent()
+                    || request.session_handle().is_some()
+                    || retries >= settings.busy_retries
+                {
+                    return Err(error);
+                }
+                retries += 1;
+                node.count_retry();
+                debug!(
+                    node = node.id(),
+                    request = request.name(),
+                    retries,
+                    "the node ended the session; sending again after login: {error}"
+                );
+                relogin = Some((changes, deadline(settings.request_timeout), error));
+            }
             Ok(Err(error))
                 if may_resend(error.kind, request) && retries < settings.busy_retries =>
             {
@@ -287,13 +397,13 @@ pub(crate) async fn login(
     node: &Node,
     conn: &Arc<Connection>,
     credentials: &Credentials,
-    settings: &Settings,
+    shared: &Shared,
 ) -> Result<(), ClientError> {
     let request = Request::Login {
         user: credentials.user.clone(),
         password: credentials.password.clone(),
     };
-    pinned(node, &request, settings, || Some(Arc::clone(conn)))
+    pinned(node, &request, shared, || Some(Arc::clone(conn)))
         .await
         .map(|_| ())
 }
@@ -313,7 +423,7 @@ pub(crate) async fn establish(
         .await?,
     );
     if let Some(credentials) = &shared.credentials {
-        login(node, &conn, credentials, &shared.settings).await?;
+        login(node, &conn, credentials, shared).await?;
     }
     Ok(conn)
 }
@@ -323,10 +433,15 @@ pub(crate) async fn establish(
 /// ends; while it is down, reconnects with exponential backoff (100 ms doubling to 5 s),
 /// logs in again, and marks it up. It ends for good (the node stays down, parked) when the
 /// node refuses the credentials ([`login_refused`]); other login errors are retried with the
-/// same backoff.
+/// same backoff. A node that ends the session ([`Node::end_session`]) soon after a login
+/// (within [`RECONNECT_MAX`]) is reconnected after twice the previous wait, so a node that
+/// keeps doing so costs a login every few seconds at most, not a loop.
 pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
     let settings = shared.settings;
     let mut backoff = RECONNECT_MIN;
+    // The wait before the last successful reconnect, and when the node last came up.
+    let mut last_wait = Duration::ZERO;
+    let mut up_since = Instant::now();
     loop {
         let current = lock(&node.state).conn.clone();
         if let Some(conn) = current {
@@ -361,6 +476,11 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
         if node.is_parked() {
             return;
         }
+        if node.take_session_ended() && up_since.elapsed() < RECONNECT_MAX {
+            backoff = last_wait
+                .saturating_mul(2)
+                .clamp(RECONNECT_MIN, RECONNECT_MAX);
+        }
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
@@ -371,13 +491,17 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
         };
         match attempt {
             Ok(conn) => {
+                last_wait = backoff;
                 backoff = RECONNECT_MIN;
+                up_since = Instant::now();
                 node.mark_up(conn);
+                shared.node_changed();
             }
             Err(error) if login_refused(&error) => {
                 // The node refused the login (password changed, user locked or deleted).
                 // Trying again would only add failed logins, or feed a lockout.
                 node.park(&error);
+                shared.node_changed();
                 return;
             }
             Err(error) => {

@@ -1,7 +1,7 @@
 //! A fake HSM node for the client's tests: a real mutual-TLS 1.3 server on 127.0.0.1 that
 //! speaks the protocol (hello, login, health, digest, random, list-keys, and writes that just
-//! answer done) and can be told to answer busy or unavailable, refuse logins, drop the
-//! connection, stall, go down, or claim another cluster.
+//! answer done) and can be told to answer busy, unavailable or not-logged-in, end sessions,
+//! refuse logins, drop the connection, stall, go down, or claim another cluster.
 
 use crate::{ClientConfig, NodeEndpoint};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use sealgate_hsm_proto::{
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -145,6 +145,12 @@ pub(crate) struct Control {
     /// Answer unavailable to this many of the next requests (not hello, login, health,
     /// logout), after running them (as a node whose store failed).
     pub(crate) unavailable: AtomicU32,
+    /// Answer not-logged-in to this many of the next requests (not hello, login, health,
+    /// logout), whether the connection logged in or not.
+    pub(crate) not_logged_in: AtomicU32,
+    /// Bumped by [`FakeNode::end_sessions`]: a connection that logged in before answers
+    /// not-logged-in (not to hello, login, health, logout) until it logs in again.
+    pub(crate) sessions_ended: AtomicU64,
     /// Answer every login with this error (instead of checking the password).
     pub(crate) login_error: Mutex<Option<ErrorKind>>,
     /// The cluster id the welcome gives.
@@ -223,6 +229,12 @@ impl FakeNode {
     /// Drops every open connection.
     pub(crate) fn kill_connections(&self) {
         self.kill.send_modify(|g| *g += 1);
+    }
+
+    /// Ends the session of every connection logged in now, as a node does when a crypto
+    /// officer resets the user's password; the connections stay open.
+    pub(crate) fn end_sessions(&self) {
+        self.ctl.sessions_ended.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Goes down (drops connections, refuses new ones) or comes back.
@@ -313,6 +325,8 @@ async fn serve(
         }
     });
     let mut welcomed = false;
+    // The value of `sessions_ended` when this connection logged in, if it did.
+    let mut session: Option<u64> = None;
     loop {
         let frame = tokio::select! {
             _ = killed.changed() => break,
@@ -346,6 +360,22 @@ async fn serve(
         if ctl.stall.load(Ordering::SeqCst) {
             continue;
         }
+        let needs_session = !matches!(
+            request,
+            Request::Login { .. } | Request::Logout | Request::Health
+        );
+        let ended = session.is_some_and(|at| at != ctl.sessions_ended.load(Ordering::SeqCst));
+        if needs_session
+            && (ended
+                || ctl
+                    .not_logged_in
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok())
+        {
+            let error = Error::new(ErrorKind::NotLoggedIn, "log in first");
+            let _ = tx.send(respond(id, Err(error)));
+            continue;
+        }
         let result = match request {
             Request::Login { .. } if ctl.login_error.lock().unwrap().is_some() => {
                 let kind = ctl.login_error.lock().unwrap().unwrap_or(ErrorKind::Failed);
@@ -353,6 +383,7 @@ async fn serve(
             }
             Request::Login { password, .. } => {
                 if password.expose() == *ctl.password.lock().unwrap() {
+                    session = Some(ctl.sessions_ended.load(Ordering::SeqCst));
                     Ok(Reply::LoggedIn {
                         role: Role::CryptoUser,
                     })

@@ -1,5 +1,6 @@
 //! The client against fake nodes on 127.0.0.1 (real mutual TLS, the real protocol): pipelining,
-//! busy retries, failover, interrupted writes, health and reconnection, login strikes, close.
+//! busy retries, failover, interrupted writes, health and reconnection, login strikes, sessions
+//! ended by the node, close.
 
 mod fake;
 
@@ -489,6 +490,256 @@ async fn a_refused_relogin_keeps_the_node_down_without_retrying() {
         let last_error = node1.last_error.unwrap();
         assert!(last_error.contains("login refused"), "{last_error}");
         assert!(!last_error.contains(PASSWORD) && !last_error.contains("changed"));
+        client.call(Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_ends_the_session_is_logged_in_again_and_the_read_succeeds() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        // The password was reset (say): the node ends the session, the connection stays.
+        node.end_sessions();
+        let reply = client.call(Request::Random { len: 2 }).await.unwrap();
+        assert_eq!(data(reply), vec![1, 1]);
+        assert_eq!(
+            node.ctl.count("random"),
+            2,
+            "refused once, sent again after login"
+        );
+        assert_eq!(node.ctl.count("login"), 2, "logged in again");
+        assert_eq!(node.ctl.accepted.load(Ordering::SeqCst), 2, "reconnected");
+        eventually("old connection closed", || {
+            node.ctl.open.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let node1 = status(&client, 1);
+        assert!(node1.up && !node1.parked, "{node1:?}");
+        assert_eq!((node1.retries, node1.failovers), (1, 0));
+        let last_error = node1.last_error.unwrap();
+        assert!(
+            last_error.contains("ended the session") && last_error.contains("not-logged-in"),
+            "{last_error}"
+        );
+
+        // Pinned to the node, the same.
+        node.end_sessions();
+        let reply = client.call_on(1, Request::Random { len: 1 }).await.unwrap();
+        assert_eq!(data(reply), vec![1]);
+        assert_eq!(node.ctl.count("random"), 4);
+        assert_eq!(node.ctl.count("login"), 3);
+        assert!(status(&client, 1).up);
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answered_not_logged_in_goes_to_another_node_while_the_node_logs_in_again() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        a.end_sessions();
+        // Until node 1 gets one (power of two choices picks it half the time).
+        for _ in 0..50 {
+            client.call(Request::Random { len: 1 }).await.unwrap();
+            if a.ctl.count("random") > 0 {
+                break;
+            }
+        }
+        assert_eq!(a.ctl.count("random"), 1, "refused, and sent elsewhere");
+        eventually("node 1 up again", || status(&client, 1).up).await;
+        assert_eq!(a.ctl.count("login"), 2, "node 1 logged in again");
+        assert_eq!(a.ctl.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(b.ctl.count("login"), 1, "node 2 untouched");
+        assert_eq!(b.ctl.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(status(&client, 1).retries, 1);
+        let reply = client.call_on(1, Request::Random { len: 1 }).await.unwrap();
+        assert_eq!(data(reply), vec![1], "node 1 serves again");
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_not_logged_in_is_returned_and_never_sent_again() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), alice(PASSWORD))
+            .await
+            .unwrap();
+        // Both nodes ended the session: whichever gets the write refuses it.
+        a.end_sessions();
+        b.end_sessions();
+        let error = client
+            .call(Request::DeleteKey { handle: 7 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        assert!(matches!(error, ClientError::Node { .. }), "{error:?}");
+        let (got, other) = match error.node() {
+            Some(1) => (&a, &b),
+            Some(2) => (&b, &a),
+            node => panic!("{node:?}"),
+        };
+        eventually("the node logged in again", || {
+            status(&client, got.id).up && got.ctl.count("login") == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(got.ctl.count("delete-key"), 1);
+        assert_eq!(other.ctl.count("delete-key"), 0, "never sent elsewhere");
+        assert_eq!(other.ctl.count("login"), 1);
+
+        // Pinned to the other node: returned too, and not sent again there.
+        let error = client
+            .call_on(other.id, Request::DeleteKey { handle: 7 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        eventually("the other node logged in again", || {
+            status(&client, other.id).up && other.ctl.count("login") == 2
+        })
+        .await;
+        assert_eq!(other.ctl.count("delete-key"), 1);
+
+        // A session key ends with its session: a read naming one is not sent again either.
+        a.end_sessions();
+        let sign = Request::Sign {
+            handle: (1u64 << 63) | 3,
+            mechanism: SignMechanism::Ed25519,
+            data: vec![1],
+        };
+        let error = client.call_on(1, sign).await.unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        assert_eq!(a.ctl.count("sign"), 1);
+        assert_eq!(status(&client, 1).retries + status(&client, 2).retries, 0);
+
+        eventually("both up", || status(&client, 1).up && status(&client, 2).up).await;
+        client.call(Request::DeleteKey { handle: 7 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_not_logged_in_is_just_an_answer() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+        );
+        let client = Client::connect(pki.config(&[&a, &b]), None).await.unwrap();
+        for request in [Request::Random { len: 1 }, Request::DeleteKey { handle: 7 }] {
+            a.ctl.not_logged_in.store(1, Ordering::SeqCst);
+            b.ctl.not_logged_in.store(1, Ordering::SeqCst);
+            let name = request.name();
+            let error = client.call(request).await.unwrap_err();
+            assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+            assert!(matches!(error, ClientError::Node { .. }), "{error:?}");
+            assert_eq!(a.ctl.count(name) + b.ctl.count(name), 1, "sent once");
+        }
+        a.ctl.not_logged_in.store(1, Ordering::SeqCst);
+        let error = client
+            .call_on(1, Request::Random { len: 1 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for node in [&a, &b] {
+            let status = status(&client, node.id);
+            assert!(status.up && status.last_error.is_none(), "{status:?}");
+            assert_eq!((status.retries, status.failovers), (0, 0));
+            assert_eq!(node.ctl.accepted.load(Ordering::SeqCst), 1, "no reconnect");
+            assert_eq!(node.ctl.count("login"), 0);
+        }
+        a.ctl.not_logged_in.store(0, Ordering::SeqCst);
+        b.ctl.not_logged_in.store(0, Ordering::SeqCst);
+        client.call(Request::Random { len: 1 }).await.unwrap();
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_then_a_refused_login_parks_the_node_after_one_strike() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        // A crypto officer reset the password: sessions end, the old password is refused.
+        *node.ctl.password.lock().unwrap() = "reset by the officer".into();
+        node.end_sessions();
+        let started = std::time::Instant::now();
+        let error = client.call(Request::Random { len: 1 }).await.unwrap_err();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "no wait for a parked node: {:?}",
+            started.elapsed()
+        );
+        eventually("node 1 parked", || status(&client, 1).parked).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(node.ctl.count("login"), 2, "one strike");
+        assert_eq!(node.ctl.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(node.ctl.count("random"), 1);
+        let node1 = status(&client, 1);
+        assert!(!node1.up);
+        assert!(node1.last_error.unwrap().contains("login refused"));
+        let error = client.call(Request::Random { len: 1 }).await.unwrap_err();
+        assert!(matches!(error, ClientError::NoNodeAvailable), "{error:?}");
+        client.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_keeps_ending_the_session_is_logged_in_again_with_growing_waits() {
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        let client = Client::connect(pki.config(&[&node]), alice(PASSWORD))
+            .await
+            .unwrap();
+        node.ctl.not_logged_in.store(1_000, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let error = client.call(Request::Random { len: 1 }).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(error.kind(), Some(ErrorKind::NotLoggedIn), "{error:?}");
+        assert_eq!(
+            node.ctl.count("random"),
+            1 + 3,
+            "first try and busy_retries = 3"
+        );
+        // Logins after 100, 200 and 400 ms, not 3 × 100 ms.
+        assert!(took >= Duration::from_millis(650), "{took:?}");
+        // The last refusal ends the session too: one more login, then no more.
+        eventually("logged in again", || {
+            status(&client, 1).up && node.ctl.count("login") == 5
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(node.ctl.count("login"), 5, "no loop");
+        node.ctl.not_logged_in.store(0, Ordering::SeqCst);
         client.call(Request::Random { len: 1 }).await.unwrap();
         client.close().await;
     })
