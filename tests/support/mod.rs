@@ -153,13 +153,17 @@ impl Cluster {
         addr
     }
 
-    /// Copies node `from`'s store onto node `to` (both stopped): a clone of the same cluster,
-    /// as CloudHSM clones an HSM from a backup. Until replication lands this is how several
-    /// nodes come to hold the same users and keys.
+    /// Copies node `from`'s store onto node `to` (both stopped): a clone of the same cluster's
+    /// users and keys, as CloudHSM makes an HSM from a backup (the raft log, vote and membership
+    /// of node `from` are dropped from the copy). Until nodes replicate to each other, this is
+    /// how several nodes come to hold the same users and keys.
     pub fn clone_store(&self, from: u32, to: u32) {
         let src = self.dir.join(format!("node-{from}/store.redb"));
         let dst = self.dir.join(format!("node-{to}/store.redb"));
         std::fs::copy(&src, &dst).expect("copy store");
+        sealgate_hsm_node::RedbStore::open(&dst)
+            .and_then(|mut store| store.forget_replication())
+            .expect("a new node's store");
     }
 
     /// A client.toml naming only node `id` (to set a cluster up through one node).

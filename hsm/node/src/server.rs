@@ -12,12 +12,14 @@
 use crate::config::NodeConfig;
 use crate::master_key::{MASTER_KEY_ENV, MasterKeyError, load_or_create_master_key};
 use crate::pool::{CryptoPool, Job, Outbox};
+use crate::raft::{EngineStateMachine, PeerNetwork, Raft, RaftLogStore, Replica};
 use crate::service::Hsm;
 use crate::store::RedbStore;
 use crate::tls::{self, TlsError};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use sealgate_hsm_core::{EngineConfig, LocalHsm, SessionId, StoreError};
+use openraft::BasicNode;
+use sealgate_hsm_core::{EngineConfig, SessionId, StoreError};
 use sealgate_hsm_proto::{
     self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, Welcome,
 };
@@ -73,6 +75,9 @@ pub enum NodeError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// Replication could not start.
+    #[error("cannot start replication: {0}")]
+    Raft(String),
 }
 
 /// What connections share.
@@ -95,11 +100,19 @@ struct Shared {
 }
 
 /// A running node.
-#[derive(Debug)]
 pub struct NodeHandle {
     local_addr: SocketAddr,
+    raft: Raft,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeHandle {
@@ -113,6 +126,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
+        let _ = self.raft.shutdown().await;
     }
 }
 
@@ -140,8 +154,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         max_sessions: config.limits.max_sessions,
         ..EngineConfig::default()
     };
-    let local = LocalHsm::open(store, master, engine_config).map_err(store_error)?;
-    let hsm = Arc::new(Hsm::new(config.id, local, config.limits.crypto_threads));
+    let database = store.database();
+    let node_id = u64::from(config.id);
+    let replica = Replica::open(node_id, store, master, engine_config).map_err(store_error)?;
+    let replica = Arc::new(std::sync::RwLock::new(replica));
     let acceptor = TlsAcceptor::from(tls::server_config(&config.ca, &config.cert, &config.key)?);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -153,6 +169,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         address: config.listen,
         source,
     })?;
+    let raft = start_raft(node_id, local_addr, database, Arc::clone(&replica)).await?;
+    let hsm = Arc::new(Hsm::new(
+        config.id,
+        replica,
+        raft.clone(),
+        tokio::runtime::Handle::current(),
+        config.limits.crypto_threads,
+    ));
     let pool = CryptoPool::new(
         config.limits.crypto_threads,
         config.limits.max_queued,
@@ -183,9 +207,52 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let done = tokio::spawn(accept_loop(shared, listener));
     Ok(NodeHandle {
         local_addr,
+        raft,
         shutdown,
         done,
     })
+}
+
+/// Starts this node's raft: the log in `database`, the engine (`replica`) as state machine.
+/// A node whose log is empty starts a group of one (itself) and waits until it leads it.
+async fn start_raft(
+    node_id: u64,
+    address: SocketAddr,
+    database: Arc<redb::Database>,
+    replica: Arc<std::sync::RwLock<Replica>>,
+) -> Result<Raft, NodeError> {
+    let raft_error = |e: &dyn std::fmt::Display| NodeError::Raft(e.to_string());
+    let config = openraft::Config {
+        cluster_name: "sealgate".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1_000,
+        election_timeout_max: 2_000,
+        // Keep every raft message well inside a request frame.
+        max_payload_entries: 32,
+        snapshot_max_chunk_size: 128 << 10,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| raft_error(&e))?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(config),
+        PeerNetwork,
+        RaftLogStore::new(database),
+        EngineStateMachine::new(replica),
+    )
+    .await
+    .map_err(|e| raft_error(&e))?;
+    if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+        let members =
+            std::collections::BTreeMap::from([(node_id, BasicNode::new(address.to_string()))]);
+        raft.initialize(members).await.map_err(|e| raft_error(&e))?;
+    }
+    raft.wait(Some(Duration::from_secs(15)))
+        .current_leader(node_id, "this node leads its raft group")
+        .await
+        .map_err(|e| raft_error(&e))?;
+    Ok(raft)
 }
 
 /// Creates the data directory (and its parents) if absent; a new directory is readable by its

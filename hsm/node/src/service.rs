@@ -8,15 +8,14 @@
 //! half the crypto threads check passwords at once.
 
 use crate::convert;
-use crate::store::RedbStore;
+use crate::raft::{ClusterEntry, Raft, Replica};
 use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
-    Command, DriverError, Engine, EngineError, FromOutcome, KeyHandle, LocalHsm, Outcome,
-    SessionId, Step, Timestamp,
+    Command, Engine, EngineError, FromOutcome, KeyHandle, Outcome, SessionId, Step, Timestamp,
 };
 use sealgate_hsm_proto::{self as proto, ErrorKind, Reply, Request, Secret};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The engine, its store, and counters readable without the lock.
@@ -26,7 +25,10 @@ pub(crate) struct Hsm {
     /// of milliseconds of a crypto thread, so logins may not take every thread from signing.
     logins: AtomicUsize,
     max_logins: usize,
-    state: RwLock<LocalHsm<RedbStore>>,
+    /// The engine and store, shared with the raft state machine that applies the log.
+    state: Arc<RwLock<Replica>>,
+    raft: Raft,
+    runtime: tokio::runtime::Handle,
     applied: AtomicU64,
     writable: AtomicBool,
     cluster_id: RwLock<String>,
@@ -55,20 +57,6 @@ fn engine_error(e: EngineError) -> proto::Error {
     convert::error(&e)
 }
 
-fn driver_error(e: DriverError) -> proto::Error {
-    match e {
-        DriverError::Engine(e) => convert::error(&e),
-        DriverError::Store(e) => proto::Error::new(
-            ErrorKind::Unavailable,
-            format!(
-                "the node could not store the change, which may or may not survive; the node \
-                 stops answering until restarted: {e}"
-            ),
-        ),
-        _ => proto::Error::new(ErrorKind::Unavailable, e.to_string()),
-    }
-}
-
 fn public_key_reply(key: &PublicKey) -> Reply {
     Reply::PublicKey {
         der: key.to_der().to_vec(),
@@ -78,13 +66,25 @@ fn public_key_reply(key: &PublicKey) -> Reply {
 
 impl Hsm {
     /// `crypto_threads` bounds the logins checked at once (half the threads, at least one).
-    pub(crate) fn new(node_id: u32, hsm: LocalHsm<RedbStore>, crypto_threads: usize) -> Self {
-        let applied = hsm.engine().applied_index();
+    /// Writes are proposed to `raft`, whose state machine applies them to `state`.
+    pub(crate) fn new(
+        node_id: u32,
+        state: Arc<RwLock<Replica>>,
+        raft: Raft,
+        runtime: tokio::runtime::Handle,
+        crypto_threads: usize,
+    ) -> Self {
+        let applied = state
+            .read()
+            .map(|r| r.engine().applied_index())
+            .unwrap_or_default();
         let this = Self {
             node_id,
             logins: AtomicUsize::new(0),
             max_logins: (crypto_threads / 2).max(1),
-            state: RwLock::new(hsm),
+            state,
+            raft,
+            runtime,
             applied: AtomicU64::new(applied),
             writable: AtomicBool::new(true),
             cluster_id: RwLock::new(String::new()),
@@ -93,11 +93,11 @@ impl Hsm {
         this
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, LocalHsm<RedbStore>>, proto::Error> {
+    fn read(&self) -> Result<RwLockReadGuard<'_, Replica>, proto::Error> {
         self.state.read().map_err(|_| unavailable())
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, LocalHsm<RedbStore>>, proto::Error> {
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Replica>, proto::Error> {
         self.state.write().map_err(|_| unavailable())
     }
 
@@ -170,21 +170,57 @@ impl Hsm {
     }
 
     /// Runs a request that may change replicated state: prepares it with `prepare` and, if it
-    /// produced a command, applies and stores it before returning.
+    /// produced a command, proposes it to the raft log and waits until it is applied (and
+    /// durable) here. Called on a crypto thread, never on an async worker, so it may wait.
     fn change<T: FromOutcome>(
         &self,
         session: SessionId,
         prepare: impl FnOnce(&mut Engine, Timestamp) -> Result<Step<T>, EngineError>,
     ) -> Result<T, proto::Error> {
-        let mut st = self.write()?;
-        let step = prepare(st.engine_mut(), now()).map_err(engine_error)?;
-        let result = st.complete(session, step);
-        self.applied
-            .store(st.engine().applied_index(), Ordering::Relaxed);
-        if let Err(DriverError::Store(_)) = &result {
-            self.writable.store(false, Ordering::Relaxed);
+        let step = {
+            let mut st = self.write()?;
+            prepare(st.engine_mut(), now()).map_err(engine_error)?
+        };
+        let cmd = match step {
+            Step::Done(v) => return Ok(v),
+            Step::Replicate(cmd) => cmd,
+        };
+        let entry = ClusterEntry {
+            origin_node: u64::from(self.node_id),
+            origin_session: session.0,
+            command: cmd.encode().map_err(engine_error)?,
+        };
+        let written = self.runtime.block_on(self.raft.client_write(entry));
+        if let Ok(st) = self.state.read() {
+            self.applied
+                .store(st.engine().applied_index(), Ordering::Relaxed);
         }
-        result.map_err(driver_error)
+        match written {
+            Ok(response) => match response.data.0 {
+                Some(Ok(outcome)) => Ok(T::from_outcome(outcome)),
+                Some(Err(e)) => Err(e),
+                None => Err(proto::Error::new(
+                    ErrorKind::Failed,
+                    "the log entry carried no command",
+                )),
+            },
+            Err(openraft::error::RaftError::APIError(e)) => Err(proto::Error::new(
+                ErrorKind::Unavailable,
+                format!("this node cannot take writes now: {e}"),
+            )),
+            Err(openraft::error::RaftError::Fatal(e)) => {
+                // The log or the state machine failed to write: the engine's memory may be
+                // ahead of its store, so the node stops answering (see `handle`).
+                self.writable.store(false, Ordering::Relaxed);
+                Err(proto::Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the node could not store the change, which may or may not survive; \
+                         the node stops answering until restarted: {e}"
+                    ),
+                ))
+            }
+        }
     }
 
     /// [`Hsm::change`] for engine methods that always produce a command.

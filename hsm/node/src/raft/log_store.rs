@@ -12,8 +12,8 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
-const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_state");
+pub(crate) const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_state");
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";

@@ -7,18 +7,20 @@
 //! secrets only sealed under the cluster's domain key, so neither the log nor a snapshot holds
 //! key material in clear.
 //!
-//! Status: the storage side (log store, state machine, snapshots) is built and passes
-//! openraft's storage test suite; the node does not run raft yet (transport, forwarding to the
-//! leader and membership commands come next).
+//! Status: every node runs its writes through openraft (log store, state machine, snapshots:
+//! built and tested with openraft's storage suite), as a raft group of one: the transport
+//! between nodes, forwarding to the leader and membership commands come next.
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here do
 // the same, as openraft's own examples do.
 #![allow(clippy::result_large_err)]
 
-mod log_store;
+pub(crate) mod log_store;
+mod network;
 mod state_machine;
 
 pub use log_store::RaftLogStore;
+pub use network::PeerNetwork;
 pub use state_machine::{EngineStateMachine, Replica};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +53,9 @@ openraft::declare_raft_types!(
 
 /// A node id in the raft group (the cluster's node id).
 pub type NodeId = u64;
+/// A raft instance of this configuration.
+pub type Raft = openraft::Raft<TypeConfig>;
+
 /// openraft's error for this configuration.
 pub type StorageError = openraft::StorageError<NodeId>;
 

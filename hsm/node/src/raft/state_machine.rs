@@ -206,7 +206,12 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                         Ok(cmd) => {
                             let origin = (origin_node == replica.node_id && origin_session != 0)
                                 .then_some(SessionId(origin_session));
-                            let applied = replica.engine.apply(entry.log_id.index, &cmd, origin);
+                            // The engine numbers the commands it applied on its own: a node
+                            // cloned from another's rows starts a new raft log whose indexes
+                            // restart, while raft's own record (written with every batch)
+                            // already guarantees that an entry is applied once.
+                            let index = replica.engine.applied_index() + 1;
+                            let applied = replica.engine.apply(index, &cmd, origin);
                             batch.ops.extend(applied.batch.ops);
                             applied.result.map_err(|e| convert::error(&e))
                         }
