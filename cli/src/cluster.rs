@@ -43,7 +43,7 @@ pub(crate) enum ClusterCommand {
     /// Show every node's health and cluster information (no login needed).
     ///
     /// JSON data: {"cluster_id", "nodes": [{"id", "address", "up", "health": {"applied_index",
-    /// "sessions", "connections", "queued", "writable"} | null, "info": {"cluster_id",
+    /// "sessions", "connections", "queued", "writable", "leader", "term"} | null, "info": {"cluster_id",
     /// "initialized", "activated", "users", "keys", "applied_index"} | null, "error": text |
     /// null}]}.
     Status,
@@ -269,6 +269,8 @@ fn health_json(h: &Health) -> Value {
         "connections": h.connections,
         "queued": h.queued,
         "writable": h.writable,
+        "leader": h.leader,
+        "term": h.term,
     })
 }
 
@@ -300,12 +302,14 @@ fn status_line(
         Some(h) => {
             let _ = write!(
                 line,
-                "up    applied {}  sessions {}  connections {}  queued {}  writable {}",
+                "up    applied {}  sessions {}  connections {}  queued {}  writable {}  leader {}",
                 h.applied_index,
                 h.sessions,
                 h.connections,
                 h.queued,
-                yes(h.writable)
+                yes(h.writable),
+                h.leader
+                    .map_or_else(|| "none".to_owned(), |l| l.to_string())
             );
         }
         None => line.push_str("down"),
@@ -422,6 +426,8 @@ mod tests {
             connections: 3,
             queued: 0,
             writable: true,
+            leader: Some(1),
+            term: 1,
         };
         let i = ClusterInfo {
             node_id: 1,

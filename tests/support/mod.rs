@@ -100,6 +100,8 @@ impl Cluster {
             let mut file: sealgate_hsm_node::NodeFile =
                 toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             file.node.listen = "127.0.0.1:0".into();
+            // Independent nodes (each a raft group of one); see `init_replicated`.
+            file.cluster.members.clear();
             std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
         }
         Self {
@@ -107,6 +109,37 @@ impl Cluster {
             dir,
             nodes: (0..n).map(|_| None).collect(),
         }
+    }
+
+    /// `sealgate cluster init` for `n` nodes that replicate to each other: each node gets a
+    /// free port on 127.0.0.1, known to the others before any starts.
+    pub fn init_replicated(n: u32) -> Self {
+        let cluster = Self::init(n);
+        // Ports the system hands out now; the listeners are closed just before the nodes bind.
+        let listeners: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addresses: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        drop(listeners);
+        let members: Vec<sealgate_hsm_node::MemberSection> = (1..=n)
+            .map(|id| sealgate_hsm_node::MemberSection {
+                id,
+                address: addresses[(id - 1) as usize].clone(),
+            })
+            .collect();
+        for id in 1..=n {
+            let path = cluster.node_config(id);
+            let mut file: sealgate_hsm_node::NodeFile =
+                toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            file.node.listen = addresses[(id - 1) as usize].clone();
+            file.cluster.members = members.clone();
+            std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+            cluster.set_client_address(id, addresses[(id - 1) as usize].parse().unwrap());
+        }
+        cluster
     }
 
     /// Edits node `id`'s limits before it starts.

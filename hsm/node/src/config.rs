@@ -17,6 +17,34 @@ pub struct NodeFile {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[cluster]`: the nodes of the raft group.
+    #[serde(default, skip_serializing_if = "ClusterSection::is_empty")]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: every node of the cluster (this one included), for replication. Empty: this
+/// node is a cluster of one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `[[cluster.members]]`.
+    pub members: Vec<MemberSection>,
+}
+
+impl ClusterSection {
+    fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    /// The node's id.
+    pub id: u32,
+    /// `host:port` where the other nodes reach it (its certificate names the host).
+    pub address: String,
 }
 
 /// `[node]`: identity, address and data.
@@ -106,6 +134,9 @@ pub struct NodeConfig {
     pub key: PathBuf,
     /// Limits, with `crypto_threads` resolved to a count.
     pub limits: LimitsSection,
+    /// The nodes of the cluster (id, `host:port`), this one included; empty for a cluster of
+    /// one.
+    pub members: Vec<(u32, String)>,
 }
 
 /// Why a node configuration was refused. Every message names the file and, where it applies,
@@ -209,6 +240,25 @@ impl NodeConfig {
                 "must be greater than 0",
             ));
         }
+        let mut members: Vec<(u32, String)> = Vec::new();
+        for m in &file.cluster.members {
+            if m.id == 0 || m.id > MAX_NODES {
+                return Err(invalid("cluster.members.id", "must be between 1 and 28"));
+            }
+            if members.iter().any(|(id, _)| *id == m.id) {
+                return Err(invalid("cluster.members.id", "duplicate node id"));
+            }
+            if !m.address.contains(':') {
+                return Err(invalid("cluster.members.address", "expected host:port"));
+            }
+            members.push((m.id, m.address.clone()));
+        }
+        if !members.is_empty() && !members.iter().any(|(id, _)| *id == file.node.id) {
+            return Err(invalid(
+                "cluster.members",
+                "must include this node (node.id)",
+            ));
+        }
         if limits.crypto_threads == 0 {
             limits.crypto_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         }
@@ -220,6 +270,7 @@ impl NodeConfig {
             cert: base.join(&file.tls.cert),
             key: base.join(&file.tls.key),
             limits,
+            members,
         })
     }
 

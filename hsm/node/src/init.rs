@@ -20,7 +20,9 @@
 //! node-i/store.redb           the initialized engine store (the same cluster in every node)
 //! ```
 
-use crate::config::{LimitsSection, MAX_NODES, NodeFile, NodeSection, TlsSection};
+use crate::config::{
+    ClusterSection, LimitsSection, MAX_NODES, MemberSection, NodeFile, NodeSection, TlsSection,
+};
 use crate::master_key::{MasterKeyError, load_or_create_master_key};
 use crate::store::RedbStore;
 use rcgen::{
@@ -660,10 +662,22 @@ fn write_cluster(
              address if the machine has several.\n"
         ),
     };
+    let port_of = |id: u32| u16::try_from(u32::from(opts.base_port) + id - 1).unwrap_or(u16::MAX);
+    // Every node knows every other for replication (a cluster of one needs no list).
+    let members = if ids.len() > 1 {
+        ids.iter()
+            .map(|&id| MemberSection {
+                id,
+                address: host.address(port_of(id)),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut node_configs = Vec::with_capacity(ids.len());
     let mut client_nodes = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let port = u16::try_from(u32::from(opts.base_port) + id - 1).unwrap_or(u16::MAX);
+        let port = port_of(id);
         let path = dir.join(format!("node-{id}.toml"));
         let file = NodeFile {
             node: NodeSection {
@@ -677,6 +691,9 @@ fn write_cluster(
                 key: PathBuf::from(format!("node-{id}/{NODE_KEY}")),
             },
             limits: LimitsSection::default(),
+            cluster: ClusterSection {
+                members: members.clone(),
+            },
         };
         let header = format!(
             "sealgate HSM node {id} of cluster {cluster_id},\n\

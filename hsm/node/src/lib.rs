@@ -18,7 +18,8 @@ mod store;
 mod tls;
 
 pub use config::{
-    LimitsSection, MAX_NODES, NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection,
+    ClusterSection, LimitsSection, MAX_NODES, MemberSection, NodeConfig, NodeConfigError, NodeFile,
+    NodeSection, TlsSection,
 };
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
 pub use server::{NodeError, NodeHandle, run, start};

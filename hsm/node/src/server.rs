@@ -169,11 +169,25 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         address: config.listen,
         source,
     })?;
-    let raft = start_raft(node_id, local_addr, database, Arc::clone(&replica)).await?;
+    let network = PeerNetwork::new(tls::peer_client_config(
+        &config.ca,
+        &config.cert,
+        &config.key,
+    )?);
+    let raft = start_raft(
+        node_id,
+        local_addr,
+        &config.members,
+        network.clone(),
+        database,
+        Arc::clone(&replica),
+    )
+    .await?;
     let hsm = Arc::new(Hsm::new(
         config.id,
         replica,
         raft.clone(),
+        network,
         tokio::runtime::Handle::current(),
         config.limits.crypto_threads,
     ));
@@ -213,11 +227,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
-/// Starts this node's raft: the log in `database`, the engine (`replica`) as state machine.
-/// A node whose log is empty starts a group of one (itself) and waits until it leads it.
+/// Starts this node's raft: the log in `database`, the engine (`replica`) as state machine,
+/// `network` to reach the other `members`. A node whose log is empty and whose id is the
+/// smallest of the members starts the group; the others wait to be contacted. A cluster of one
+/// waits until it leads itself before serving.
 async fn start_raft(
     node_id: u64,
     address: SocketAddr,
+    members: &[(u32, String)],
+    network: PeerNetwork,
     database: Arc<redb::Database>,
     replica: Arc<std::sync::RwLock<Replica>>,
 ) -> Result<Raft, NodeError> {
@@ -237,21 +255,32 @@ async fn start_raft(
     let raft = Raft::new(
         node_id,
         Arc::new(config),
-        PeerNetwork,
+        network,
         RaftLogStore::new(database),
         EngineStateMachine::new(replica),
     )
     .await
     .map_err(|e| raft_error(&e))?;
-    if !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
-        let members =
-            std::collections::BTreeMap::from([(node_id, BasicNode::new(address.to_string()))]);
-        raft.initialize(members).await.map_err(|e| raft_error(&e))?;
+    let members: std::collections::BTreeMap<u64, BasicNode> = if members.is_empty() {
+        std::collections::BTreeMap::from([(node_id, BasicNode::new(address.to_string()))])
+    } else {
+        members
+            .iter()
+            .map(|(id, address)| (u64::from(*id), BasicNode::new(address.clone())))
+            .collect()
+    };
+    let first = members.keys().next().copied();
+    if first == Some(node_id) && !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+        raft.initialize(members.clone())
+            .await
+            .map_err(|e| raft_error(&e))?;
     }
-    raft.wait(Some(Duration::from_secs(15)))
-        .current_leader(node_id, "this node leads its raft group")
-        .await
-        .map_err(|e| raft_error(&e))?;
+    if members.len() == 1 {
+        raft.wait(Some(Duration::from_secs(15)))
+            .current_leader(node_id, "this node leads its raft group")
+            .await
+            .map_err(|e| raft_error(&e))?;
+    }
     Ok(raft)
 }
 
@@ -462,6 +491,13 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             return;
         }
     };
+    // A node of the cluster (by its certificate) may send raft messages; clients may not.
+    let peer_node = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| tls::peer_node_id(cert));
     let (read, write) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read, proto::length_codec(limits.max_frame_len));
     let (tx, rx) = mpsc::channel::<Bytes>(limits.max_in_flight.saturating_add(8));
@@ -472,7 +508,7 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     if hello(shared, &mut reader, &tx, peer, handshake).await {
         match open_session(shared).await {
             Ok(session) => {
-                serve_requests(shared, &mut reader, &tx, peer, session).await;
+                serve_requests(shared, &mut reader, &tx, peer, session, peer_node).await;
                 close_session(shared, session).await;
             }
             Err(e) => {
@@ -585,6 +621,7 @@ async fn serve_requests<S: AsyncRead>(
     tx: &mpsc::Sender<Bytes>,
     peer: SocketAddr,
     session: SessionId,
+    peer_node: Option<u32>,
 ) {
     let max_in_flight = shared.config.limits.max_in_flight;
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
@@ -631,6 +668,29 @@ async fn serve_requests<S: AsyncRead>(
                 answers.push(response(id, Ok(health(shared))));
                 continue;
             }
+            if let Request::Raft { rpc, payload } = request {
+                let Some(from) = peer_node else {
+                    warn!(%peer, "refused a raft message from a client certificate");
+                    answers.push(refusal(
+                        id,
+                        ErrorKind::PermissionDenied,
+                        "raft messages are accepted from the cluster's nodes only",
+                    ));
+                    continue;
+                };
+                let (hsm, answer) = (Arc::clone(&shared.hsm), tx.clone());
+                tokio::spawn(async move {
+                    let result = crate::raft::serve(hsm.raft(), rpc, &payload)
+                        .await
+                        .map(Reply::Raft);
+                    if let Err(e) = &result {
+                        debug!(node = from, "raft message refused: {e}");
+                    }
+                    let _ = answer.send(response(id, result)).await;
+                    drop(permit);
+                });
+                continue;
+            }
             let hsm = Arc::clone(&shared.hsm);
             let answer = tx.clone();
             jobs.push(Box::new(move |outbox: &mut Outbox| {
@@ -672,6 +732,7 @@ async fn serve_requests<S: AsyncRead>(
 }
 
 fn health(shared: &Shared) -> Reply {
+    let metrics = shared.hsm.raft().metrics().borrow().clone();
     let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
     Reply::Health(Health {
         node_id: shared.hsm.node_id(),
@@ -680,6 +741,8 @@ fn health(shared: &Shared) -> Reply {
         connections: count(&shared.connections),
         queued: u32::try_from(shared.pool.queued()).unwrap_or(u32::MAX),
         writable: shared.hsm.writable(),
+        leader: metrics.current_leader.and_then(|id| u32::try_from(id).ok()),
+        term: metrics.current_term,
     })
 }
 

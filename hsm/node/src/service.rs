@@ -8,7 +8,8 @@
 //! half the crypto threads check passwords at once.
 
 use crate::convert;
-use crate::raft::{ClusterEntry, Raft, Replica};
+use crate::raft::{ClusterEntry, PeerNetwork, Raft, Replica};
+use openraft::error::ClientWriteError;
 use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
     Command, Engine, EngineError, FromOutcome, KeyHandle, Outcome, SessionId, Step, Timestamp,
@@ -28,11 +29,21 @@ pub(crate) struct Hsm {
     /// The engine and store, shared with the raft state machine that applies the log.
     state: Arc<RwLock<Replica>>,
     raft: Raft,
+    network: PeerNetwork,
     runtime: tokio::runtime::Handle,
     applied: AtomicU64,
     writable: AtomicBool,
     cluster_id: RwLock<String>,
 }
+
+/// How long a follower waits for the leader to take a forwarded write, and then to apply it.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a raft write gave: the state machine's answer, or why raft did not take it.
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+    openraft::error::RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>,
+>;
 
 /// The engine's time: the wall clock in milliseconds since the Unix epoch.
 pub(crate) fn now() -> Timestamp {
@@ -71,6 +82,7 @@ impl Hsm {
         node_id: u32,
         state: Arc<RwLock<Replica>>,
         raft: Raft,
+        network: PeerNetwork,
         runtime: tokio::runtime::Handle,
         crypto_threads: usize,
     ) -> Self {
@@ -84,6 +96,7 @@ impl Hsm {
             max_logins: (crypto_threads / 2).max(1),
             state,
             raft,
+            network,
             runtime,
             applied: AtomicU64::new(applied),
             writable: AtomicBool::new(true),
@@ -135,6 +148,11 @@ impl Hsm {
             ));
         }
         Ok(LoginSlot(&self.logins))
+    }
+
+    /// The node's raft (for raft messages from the other nodes).
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     pub(crate) fn node_id(&self) -> u32 {
@@ -190,7 +208,22 @@ impl Hsm {
             origin_session: session.0,
             command: cmd.encode().map_err(engine_error)?,
         };
-        let written = self.runtime.block_on(self.raft.client_write(entry));
+        let written = self.runtime.block_on(self.raft.client_write(entry.clone()));
+        let written = match written {
+            // A follower hands the write to the leader, then waits until it has applied the
+            // entry itself, so the client reads its write here next (and a login finishes on
+            // this node's session).
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) else {
+                    return Err(proto::Error::new(
+                        ErrorKind::Unavailable,
+                        "no leader is elected now; retry shortly",
+                    ));
+                };
+                self.forward(leader, &node, &entry)?
+            }
+            other => other,
+        };
         if let Ok(st) = self.state.read() {
             self.applied
                 .store(st.engine().applied_index(), Ordering::Relaxed);
@@ -221,6 +254,42 @@ impl Hsm {
                 ))
             }
         }
+    }
+
+    /// Sends a write to the leader and waits until this node has applied it too.
+    fn forward(
+        &self,
+        leader: u64,
+        node: &openraft::BasicNode,
+        entry: &ClusterEntry,
+    ) -> Result<WriteResult, proto::Error> {
+        let answer = self
+            .runtime
+            .block_on(self.network.forward(leader, node, entry, FORWARD_TIMEOUT))
+            .map_err(|e| {
+                proto::Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the leader did not take the write, which may or may not be applied: {e}"
+                    ),
+                )
+            })?;
+        if let Ok(response) = &answer {
+            let index = response.log_id.index;
+            self.runtime
+                .block_on(
+                    self.raft
+                        .wait(Some(FORWARD_TIMEOUT))
+                        .applied_index_at_least(Some(index), "a forwarded write applied here"),
+                )
+                .map_err(|e| {
+                    proto::Error::new(
+                        ErrorKind::Unavailable,
+                        format!("the write was made but is not applied on this node yet: {e}"),
+                    )
+                })?;
+        }
+        Ok(answer)
     }
 
     /// [`Hsm::change`] for engine methods that always produce a command.

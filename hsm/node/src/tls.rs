@@ -68,3 +68,30 @@ pub(crate) fn server_config(
         .with_single_cert(load_certs(cert)?, load_key(key)?)?;
     Ok(Arc::new(config))
 }
+
+/// The client side of a node-to-node connection: TLS 1.3, the node's own certificate, the
+/// cluster CA as the only root.
+pub(crate) fn peer_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_error(ca, e))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
+    Ok(Arc::new(config))
+}
+
+/// The node id in a peer's certificate (`CN=sealgate node N`, as `cluster init` issues them),
+/// or `None` for a client certificate.
+pub(crate) fn peer_node_id(certificate: &[u8]) -> Option<u32> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    cn.strip_prefix("sealgate node ")?.parse().ok()
+}

@@ -80,6 +80,10 @@ pub struct Health {
     pub queued: u32,
     /// Whether the node accepts writes (false after a storage failure).
     pub writable: bool,
+    /// The raft leader this node knows of, if any.
+    pub leader: Option<u32>,
+    /// The raft term this node is in.
+    pub term: u64,
 }
 
 /// Cluster information.
@@ -343,6 +347,27 @@ pub enum Request {
         /// How many.
         len: u32,
     },
+    /// Between nodes only (a connection authenticated with a node certificate): a raft message
+    /// whose payload the nodes encode.
+    Raft {
+        /// Which raft call.
+        rpc: RaftRpc,
+        /// The encoded openraft request.
+        payload: Vec<u8>,
+    },
+}
+
+/// The raft calls between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// Append entries (and heartbeats).
+    AppendEntries,
+    /// Request a vote.
+    Vote,
+    /// A chunk of a snapshot.
+    InstallSnapshot,
+    /// A follower forwards a write (an encoded log entry) to the leader.
+    Forward,
 }
 
 impl Request {
@@ -404,7 +429,8 @@ impl Request {
             | Self::ImportPublicKey { .. }
             | Self::ListKeys { .. }
             | Self::Digest { .. }
-            | Self::Random { .. } => &[],
+            | Self::Random { .. }
+            | Self::Raft { .. } => &[],
         };
         handles
             .iter()
@@ -444,6 +470,7 @@ impl Request {
             Self::Decrypt { .. } => "decrypt",
             Self::Digest { .. } => "digest",
             Self::Random { .. } => "random",
+            Self::Raft { .. } => "raft",
         }
     }
 }
@@ -489,6 +516,8 @@ pub enum Reply {
     Data(Vec<u8>),
     /// The signature verified.
     Verified,
+    /// Answer to [`Request::Raft`]: the encoded openraft response.
+    Raft(Vec<u8>),
 }
 
 #[cfg(test)]

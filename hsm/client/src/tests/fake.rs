@@ -402,6 +402,8 @@ async fn serve(
                 connections: ctl.open.load(Ordering::SeqCst),
                 queued: 0,
                 writable: true,
+                leader: Some(node_id),
+                term: 1,
             })),
             _ if ctl
                 .busy

@@ -20,7 +20,7 @@ mod network;
 mod state_machine;
 
 pub use log_store::RaftLogStore;
-pub use network::PeerNetwork;
+pub use network::{LinkError, PeerLink, PeerNetwork, serve};
 pub use state_machine::{EngineStateMachine, Replica};
 
 use serde::{Deserialize, Serialize};

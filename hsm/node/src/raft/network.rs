@@ -1,68 +1,313 @@
-//! The raft transport between nodes. Until the node-to-node channel over the cluster's mutual
-//! TLS is built, a node runs a raft group of one (itself), which never sends a message; a
-//! message to another node fails as unreachable, which openraft treats as a node that is down.
+//! The raft transport between nodes: the nodes' own protocol over the cluster's mutual TLS.
+//! A node connects to a peer with its node certificate (which the peer checks names a node of
+//! the cluster), says hello, and sends `Request::Raft` frames carrying openraft's messages
+//! encoded with postcard. One connection per peer, one message at a time (openraft drives each
+//! peer from one task); a failed call drops the connection, and the next one reconnects.
 
-use super::{NodeId, TypeConfig};
+use super::{ClusterEntry, NodeId, TypeConfig};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
+use rustls_pki_types::ServerName;
+use sealgate_hsm_proto::{self as proto, Hello, RaftRpc, Reply, Request, RequestFrame};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// Creates links to other nodes.
-#[derive(Debug, Clone, Default)]
-pub struct PeerNetwork;
+type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
 
-/// A link to one other node.
-#[derive(Debug)]
-pub struct PeerLink {
-    target: NodeId,
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer could not be reached or the connection broke.
+    #[error("node {node} at {address}: {reason}")]
+    Unreachable {
+        /// The peer.
+        node: NodeId,
+        /// Its address.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The peer answered with an error.
+    #[error("node {node} refused: {error}")]
+    Refused {
+        /// The peer.
+        node: NodeId,
+        /// Its answer.
+        error: proto::Error,
+    },
 }
 
-/// Why a peer cannot be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("node {0} is not reachable: this build runs each node as a raft group of one")]
-struct NoTransport(NodeId);
+/// Creates links to other nodes with this node's TLS identity.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    tls: Arc<rustls::ClientConfig>,
+}
 
-fn unreachable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&NoTransport(target)))
+impl std::fmt::Debug for PeerNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerNetwork").finish_non_exhaustive()
+    }
+}
+
+impl PeerNetwork {
+    /// Links made with `tls` (the node's certificate, the cluster CA).
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self { tls }
+    }
+
+    /// A link to `target` at `node`'s address.
+    pub fn link(&self, target: NodeId, node: &BasicNode) -> PeerLink {
+        PeerLink {
+            target,
+            address: node.addr.clone(),
+            tls: Arc::clone(&self.tls),
+            conn: None,
+            next_id: 1,
+        }
+    }
+
+    /// Sends a write to the leader `target` (this node is a follower) and returns the leader's
+    /// answer once the entry is committed and applied there.
+    pub async fn forward(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        entry: &ClusterEntry,
+        timeout: Duration,
+    ) -> Result<
+        Result<
+            ClientWriteResponse<TypeConfig>,
+            RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+        >,
+        LinkError,
+    > {
+        let mut link = self.link(target, node);
+        link.call(RaftRpc::Forward, entry, timeout).await
+    }
+}
+
+/// A connection to one other node.
+pub struct PeerLink {
+    target: NodeId,
+    address: String,
+    tls: Arc<rustls::ClientConfig>,
+    conn: Option<Conn>,
+    next_id: u64,
+}
+
+impl PeerLink {
+    fn unreachable(&self, reason: impl std::fmt::Display) -> LinkError {
+        LinkError::Unreachable {
+            node: self.target,
+            address: self.address.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, LinkError> {
+        let tcp = TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let _ = tcp.set_nodelay(true);
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = ServerName::try_from(host).map_err(|e| self.unreachable(e))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut conn = Framed::new(tls, proto::length_codec(proto::MAX_RESPONSE_LEN));
+        let hello = RequestFrame {
+            id: 0,
+            request: Request::Hello(Hello::current("sealgate node")),
+        };
+        conn.send(Bytes::from(proto::encode(&hello)))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        match conn.next().await {
+            Some(Ok(bytes)) => match proto::decode_response(&bytes) {
+                Ok(frame) => match frame.result {
+                    Ok(Reply::Welcome(_)) => Ok(conn),
+                    Ok(other) => {
+                        Err(self.unreachable(format!("unexpected hello answer {other:?}")))
+                    }
+                    Err(error) => Err(LinkError::Refused {
+                        node: self.target,
+                        error,
+                    }),
+                },
+                Err(e) => Err(self.unreachable(e)),
+            },
+            Some(Err(e)) => Err(self.unreachable(e)),
+            None => Err(self.unreachable("closed during hello")),
+        }
+    }
+
+    /// Sends `message` as `rpc` and decodes the answer, within `timeout`.
+    async fn call<M: Serialize, R: DeserializeOwned>(
+        &mut self,
+        rpc: RaftRpc,
+        message: &M,
+        timeout: Duration,
+    ) -> Result<R, LinkError> {
+        let payload = postcard::to_stdvec(message).map_err(|e| self.unreachable(e))?;
+        let result = tokio::time::timeout(timeout, self.exchange(rpc, payload))
+            .await
+            .unwrap_or_else(|_| Err(self.unreachable(format!("no answer within {timeout:?}"))));
+        if result.is_err() {
+            self.conn = None;
+        }
+        let bytes = result?;
+        postcard::from_bytes(&bytes).map_err(|e| self.unreachable(e))
+    }
+
+    async fn exchange(&mut self, rpc: RaftRpc, payload: Vec<u8>) -> Result<Vec<u8>, LinkError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = RequestFrame {
+            id,
+            request: Request::Raft { rpc, payload },
+        };
+        let target = self.target;
+        let unreachable = |reason: String| LinkError::Unreachable {
+            node: target,
+            address: self.address.clone(),
+            reason,
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(unreachable("not connected".into()));
+        };
+        conn.send(Bytes::from(proto::encode(&frame)))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        loop {
+            let bytes = match conn.next().await {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => return Err(unreachable(e.to_string())),
+                None => return Err(unreachable("connection closed".into())),
+            };
+            let answer = proto::decode_response(&bytes).map_err(|e| unreachable(e.to_string()))?;
+            if answer.id != id {
+                continue;
+            }
+            return match answer.result {
+                Ok(Reply::Raft(bytes)) => Ok(bytes),
+                Ok(other) => Err(unreachable(format!("unexpected answer {other:?}"))),
+                Err(error) => Err(LinkError::Refused {
+                    node: target,
+                    error,
+                }),
+            };
+        }
+    }
+
+    /// A raft call whose answer is openraft's `Result<R, E>`.
+    async fn raft_call<M: Serialize, R: DeserializeOwned, E>(
+        &mut self,
+        rpc: RaftRpc,
+        message: &M,
+        option: &RPCOption,
+    ) -> Result<R, RPCError<NodeId, BasicNode, E>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<R, E> = self
+            .call(rpc, message, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerLink {
-        PeerLink { target }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
+        self.link(target, node)
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(unreachable(self.target))
+        self.raft_call(RaftRpc::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(unreachable(self.target))
+        self.raft_call(RaftRpc::InstallSnapshot, &rpc, &option)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(unreachable(self.target))
+        self.raft_call(RaftRpc::Vote, &rpc, &option).await
+    }
+}
+
+/// Answers a raft message from a peer node: decodes it, hands it to `raft`, encodes the answer.
+pub async fn serve(
+    raft: &super::Raft,
+    rpc: RaftRpc,
+    payload: &[u8],
+) -> Result<Vec<u8>, proto::Error> {
+    fn bad(e: impl std::fmt::Display) -> proto::Error {
+        proto::Error::new(proto::ErrorKind::BadRequest, format!("raft message: {e}"))
+    }
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, proto::Error> {
+        postcard::to_stdvec(value)
+            .map_err(|e| proto::Error::new(proto::ErrorKind::Failed, format!("raft answer: {e}")))
+    }
+    match rpc {
+        RaftRpc::AppendEntries => {
+            let request = postcard::from_bytes(payload).map_err(bad)?;
+            encode(&raft.append_entries(request).await)
+        }
+        RaftRpc::Vote => {
+            let request = postcard::from_bytes(payload).map_err(bad)?;
+            encode(&raft.vote(request).await)
+        }
+        RaftRpc::InstallSnapshot => {
+            let request = postcard::from_bytes(payload).map_err(bad)?;
+            encode(&raft.install_snapshot(request).await)
+        }
+        RaftRpc::Forward => {
+            let entry: ClusterEntry = postcard::from_bytes(payload).map_err(bad)?;
+            encode(&raft.client_write(entry).await)
+        }
     }
 }
