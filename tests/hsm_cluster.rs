@@ -192,3 +192,39 @@ async fn three_nodes_replicate_survive_the_leader_and_catch_up() {
         cluster.stop(id);
     }
 }
+
+#[test]
+fn the_cli_activates_a_replicated_cluster_and_status_shows_one_leader() {
+    let mut cluster = Cluster::init_replicated(3);
+    cluster.start_all();
+    cluster.activate();
+    cluster.create_user("cu1", "cu", CU1_PASSWORD);
+    // Every node applies the writes (a follower learns of the commit with the next message
+    // from the leader: wait for it, bounded).
+    let mut v = serde_json::Value::Null;
+    support::wait_until(
+        "every node has the three users",
+        Duration::from_secs(10),
+        || {
+            v = cluster.sg_json(None, &["cluster", "status"]);
+            v["data"]["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().all(|n| n["info"]["users"] == 3))
+        },
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let nodes = v["data"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let leaders: Vec<&serde_json::Value> = nodes.iter().map(|n| &n["health"]["leader"]).collect();
+    assert!(leaders[0].is_u64(), "{v}");
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0]),
+        "one leader for all: {v}"
+    );
+    for n in nodes {
+        assert_eq!(n["info"]["activated"], true, "{v}");
+    }
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+}

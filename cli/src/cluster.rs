@@ -23,17 +23,15 @@ const PRECO: &str = "admin";
 pub(crate) enum ClusterCommand {
     /// Create a new cluster's CA, node certificates and configuration files.
     ///
-    /// With --nodes above 1: until replication lands, the nodes do not replicate. Each starts
-    /// from its own copy of the state; `cluster activate` reaches every node, but every other
-    /// write (users, keys) lands on one node only. A warning on stderr (and "warning" in the
-    /// JSON data) says so.
+    /// With --nodes above 1 the nodes replicate (openraft): each node's config lists every
+    /// member, and the node with the smallest id starts the group.
     ///
     /// JSON data: {"cluster_id", "dir", "ca_cert", "client_config", "node_configs": [..],
-    /// "preco_password_file", "next_steps": [..], "warning"?}. The PRECO password itself is
+    /// "preco_password_file", "next_steps": [..]}. The PRECO password itself is
     /// never printed.
     Init(InitArgs),
     /// Activate the cluster: log in as the PRECO "admin" with the one-time password and set the
-    /// new crypto-officer password, on every node.
+    /// new crypto-officer password (one node takes it; replication brings it to the others).
     ///
     /// One-time password: --password-file FILE, else SEALGATE_PASSWORD, else a prompt. New
     /// password: SEALGATE_NEW_PASSWORD, else a prompt asked twice.
@@ -88,17 +86,6 @@ pub(crate) fn init(args: InitArgs) -> anyhow::Result<Report> {
     let dir = args.dir.clone();
     let made = node::init_cluster(args.dir, args.nodes, args.host, args.base_port)?;
     Ok(init_report(&dir, &made))
-}
-
-/// Until replication lands, what a cluster of several nodes is (one line).
-fn unreplicated_warning(nodes: usize) -> String {
-    format!(
-        "the {nodes} nodes do not replicate yet: each node starts from its own copy of the \
-         cluster state, and `cluster activate` reaches every node, but every other change \
-         (users, keys, shares, attributes) lands on one node only and the others never see \
-         it; for now, use --nodes 1, or set the cluster up through node 1 and copy its \
-         store.redb over the other nodes' (all nodes stopped)"
-    )
 }
 
 /// What `cluster init` prints about the files `made` under `dir`.
@@ -157,11 +144,7 @@ fn init_report(dir: &Path, made: &InitReport) -> Report {
         "  2. activate the cluster (sets the crypto officer's password):"
     );
     let _ = writeln!(text, "       {activate}");
-    let report = Report::new(data, text);
-    match made.node_configs.len() {
-        0 | 1 => report,
-        n => report.with_warning(unreplicated_warning(n)),
-    }
+    Report::new(data, text)
 }
 
 /// What activation did on one node.
@@ -216,50 +199,53 @@ async fn activate(args: &ActivateArgs, target: &Target) -> anyhow::Result<Report
         }
         Err(e) => return Err(e),
     };
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    for id in ids {
-        let request = Request::Activate {
-            new_password: new.clone(),
-        };
-        match client.call_on(id, request).await {
-            Ok(Reply::Done) => results.push(json!({"id": id, "result": "activated"})),
-            Ok(other) => failures.push((
-                "failed",
-                format!("node {id}: {}", credentials::unexpected(&other)),
-            )),
-            Err(e) if e.kind() == Some(ErrorKind::WrongClusterState) => {
-                // Already activated (a re-run, or replication got there first)?
-                match client.call_on(id, Request::Info).await {
-                    Ok(Reply::Info(info)) if info.activated => {
-                        results.push(json!({"id": id, "result": "already-activated"}));
-                    }
-                    _ => failures.push(node_failure(id, &e)),
+    // The nodes replicate: one node takes the activation (the first that can; while a leader
+    // is being elected, writes are answered `unavailable` for a moment).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last_failure = None;
+    let result = 'activation: loop {
+        for &id in &ids {
+            let request = Request::Activate {
+                new_password: new.clone(),
+            };
+            match client.call_on(id, request).await {
+                Ok(Reply::Done) => break 'activation (id, "activated"),
+                Ok(other) => {
+                    client.close().await;
+                    return Err(error(
+                        "failed",
+                        format!("node {id}: {}", credentials::unexpected(&other)),
+                    ));
                 }
+                Err(e) if e.kind() == Some(ErrorKind::WrongClusterState) => {
+                    // Already activated (a re-run)?
+                    if let Ok(Reply::Info(info)) = client.call_on(id, Request::Info).await
+                        && info.activated
+                    {
+                        break 'activation (id, "already-activated");
+                    }
+                    last_failure = Some(node_failure(id, &e));
+                }
+                Err(e) => last_failure = Some(node_failure(id, &e)),
             }
-            Err(e) => failures.push(node_failure(id, &e)),
         }
-    }
+        if std::time::Instant::now() > deadline {
+            client.close().await;
+            let (kind, message) = last_failure.unwrap_or(("failed", "no node answered".into()));
+            return Err(error(kind, format!("activation failed: {message}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
     client.close().await;
-    if let Some(&(kind, _)) = failures.first() {
-        let message = failures
-            .iter()
-            .map(|(_, m)| m.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(error(kind, format!("activation failed: {message}")));
-    }
-    let mut text = String::new();
-    for r in &results {
-        let _ = writeln!(
-            text,
-            "node {}: {}",
-            r["id"],
-            r["result"].as_str().unwrap_or_default().replace('-', " ")
-        );
-    }
-    text.push_str("the cluster is active; \"admin\" is now a crypto officer with the new password");
-    Ok(Report::new(json!({"nodes": results}), text))
+    let (id, outcome) = result;
+    let text = format!(
+        "node {id}: {}\nthe cluster is active; \"admin\" is now a crypto officer with the new password",
+        outcome.replace('-', " ")
+    );
+    Ok(Report::new(
+        json!({"nodes": [{"id": id, "result": outcome}]}),
+        text,
+    ))
 }
 
 fn health_json(h: &Health) -> Value {
@@ -484,21 +470,12 @@ mod tests {
                  --password-file /tmp/c/preco-password"
             ])
         );
-        assert!(d.get("warning").is_none(), "one node: no warning");
-        assert_eq!(r.warning(), None);
         assert!(r.text().contains("node 1 config"), "{}", r.text());
     }
 
     #[test]
-    fn init_of_several_nodes_warns_that_they_do_not_replicate() {
+    fn init_of_several_nodes_lists_every_node_config() {
         let r = init_report(Path::new("/tmp/c"), &made(3));
-        let warning = r.warning().unwrap();
-        assert!(
-            warning.contains("3 nodes do not replicate") && warning.contains("one node only"),
-            "{warning}"
-        );
-        assert_eq!(warning.lines().count(), 1);
-        assert_eq!(r.data()["warning"], json!(warning));
         assert_eq!(r.data()["node_configs"].as_array().unwrap().len(), 3);
         assert_eq!(r.data()["next_steps"].as_array().unwrap().len(), 4);
     }

@@ -17,8 +17,6 @@
 //! created readable by their owner only (mode 0600): they can hold plaintext, wrapped keys or
 //! random secrets. An existing file is overwritten and keeps its mode, like `openssl -out`.
 //!
-//! A command may also warn (one line, `warning: MESSAGE`, on stderr in both formats; the JSON
-//! data then has a `"warning"` field with the same text).
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -45,7 +43,6 @@ pub(crate) struct Report {
     /// `None`: nothing is printed with `--output json` (see [`Report::human_only`]).
     data: Option<Value>,
     human: Human,
-    warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -60,7 +57,6 @@ impl Report {
         Self {
             data: Some(data),
             human: Human::Text(text.into()),
-            warning: None,
         }
     }
 
@@ -69,7 +65,6 @@ impl Report {
         Self {
             data: Some(data),
             human: Human::Bytes(bytes),
-            warning: None,
         }
     }
 
@@ -79,31 +74,13 @@ impl Report {
         Self {
             data: None,
             human: Human::Text(text.into()),
-            warning: None,
         }
-    }
-
-    /// Adds a warning: printed on stderr as one line `warning: TEXT` (in both formats) and, when
-    /// the data is an object, put in it as `"warning"`.
-    pub(crate) fn with_warning(mut self, text: impl Into<String>) -> Self {
-        let text = single_line(&text.into());
-        if let Some(Value::Object(map)) = &mut self.data {
-            map.insert("warning".into(), Value::String(text.clone()));
-        }
-        self.warning = Some(text);
-        self
     }
 
     /// The JSON data (`null` for a human-only report).
     #[cfg(test)]
     pub(crate) fn data(&self) -> &Value {
         self.data.as_ref().unwrap_or(&Value::Null)
-    }
-
-    /// The warning, if any.
-    #[cfg(test)]
-    pub(crate) fn warning(&self) -> Option<&str> {
-        self.warning.as_deref()
     }
 
     /// The human text (empty for raw bytes).
@@ -226,10 +203,6 @@ pub(crate) fn print_json(value: &Value) {
 pub(crate) fn finish(format: Format, result: anyhow::Result<Report>) -> ExitCode {
     match result {
         Ok(report) => {
-            if let Some(warning) = &report.warning {
-                let mut stderr = std::io::stderr().lock();
-                let _ = writeln!(stderr, "warning: {warning}");
-            }
             match (format, report.human) {
                 (Format::Json, _) => {
                     if let Some(data) = report.data {
@@ -434,17 +407,6 @@ mod tests {
         assert_eq!(line.lines().count(), 1, "{line:?}");
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.starts_with("line one line two") && line.ends_with("red end"));
-    }
-
-    #[test]
-    fn warnings_go_in_the_data_and_on_one_line() {
-        let r = Report::new(json!({"a": 1}), "text").with_warning("careful\nnow");
-        assert_eq!(r.warning(), Some("careful now"));
-        assert_eq!(r.data()["warning"], json!("careful now"));
-        assert_eq!(r.data()["a"], json!(1));
-        let r = Report::human_only("node stopped").with_warning("w");
-        assert_eq!(r.data(), &Value::Null);
-        assert_eq!(r.text(), "node stopped");
     }
 
     #[cfg(unix)]

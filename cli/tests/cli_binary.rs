@@ -104,11 +104,11 @@ fn node_in_json_mode_prints_one_object_for_a_startup_error() {
 }
 
 #[test]
-fn init_of_several_nodes_warns_on_stderr_and_in_json() {
+fn init_of_several_nodes_makes_them_members_of_one_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let out = sealgate()
         .args([
-            "cluster", "init", "--output", "json", "--nodes", "2", "--dir",
+            "cluster", "init", "--output", "json", "--nodes", "3", "--dir",
         ])
         .arg(dir.path().join("c"))
         .output()
@@ -119,20 +119,9 @@ fn init_of_several_nodes_warns_on_stderr_and_in_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v = one_json_object(&out.stdout);
-    let warning = v["data"]["warning"].as_str().unwrap().to_owned();
-    assert!(warning.contains("do not replicate"), "{warning}");
-    let line = one_stderr_line(&out.stderr, "warning: ");
-    assert!(line.contains(&warning), "{line}");
-
-    let out = sealgate()
-        .args(["cluster", "init", "--dir"])
-        .arg(dir.path().join("one"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(v["data"].get("warning").is_none(), "{v}");
+    for id in 1..=3 {
+        let text = std::fs::read_to_string(dir.path().join(format!("c/node-{id}.toml"))).unwrap();
+        assert_eq!(text.matches("[[cluster.members]]").count(), 3, "{text}");
+    }
 }
