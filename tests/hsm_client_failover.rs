@@ -2,8 +2,7 @@
 //! with SIGKILL mid-load without losing a retryable request, `busy` answers retried on another
 //! node, and a restarted node used again.
 //!
-//! Until replication lands, the three nodes hold the same users and keys because they are
-//! clones: the cluster is set up through node 1, whose store is then copied to nodes 2 and 3.
+//! The nodes replicate (openraft): the users and the key are made once and used on every node.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -34,49 +33,63 @@ async fn connect(path: &std::path::Path, user: &str, password: &str) -> Client {
     .expect("connect")
 }
 
-/// Sets the cluster up through node 1 (activate, a CU, a P-256 key), then clones node 1 onto
-/// every other node and starts them all. Returns the private key's handle.
-async fn cloned_nodes(cluster: &mut Cluster) -> u64 {
-    cluster.start(1);
-    let only_1 = cluster.client_toml_for(1);
-    let preco = connect(&only_1, "admin", &cluster.preco_password()).await;
-    preco
-        .call(Request::Activate {
+/// A write, retried while the cluster elects its first leader (bounded).
+async fn write(client: &Client, request: Request) -> Reply {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.call(request.clone()).await {
+            Ok(reply) => return reply,
+            Err(e) if e.kind() == Some(sealgate_hsm_proto::ErrorKind::Unavailable) => {
+                assert!(tokio::time::Instant::now() < deadline, "no leader: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Starts every node of a replicating cluster and sets it up (activate, a CU, a P-256 key).
+/// Returns the private key's handle.
+async fn replicated_nodes(cluster: &mut Cluster) -> u64 {
+    cluster.start_all();
+    let all = cluster.client_toml();
+    let preco = connect(&all, "admin", &cluster.preco_password()).await;
+    write(
+        &preco,
+        Request::Activate {
             new_password: Secret::new(CO_PASSWORD.into()),
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     preco.close().await;
-    let co = connect(&only_1, "admin", CO_PASSWORD).await;
-    co.call(Request::CreateUser {
-        name: "cu1".into(),
-        role: sealgate_hsm_proto::Role::CryptoUser,
-        password: Secret::new(CU1_PASSWORD.into()),
-    })
-    .await
-    .unwrap();
+    let co = connect(&all, "admin", CO_PASSWORD).await;
+    write(
+        &co,
+        Request::CreateUser {
+            name: "cu1".into(),
+            role: sealgate_hsm_proto::Role::CryptoUser,
+            password: Secret::new(CU1_PASSWORD.into()),
+        },
+    )
+    .await;
     co.close().await;
-    let cu = connect(&only_1, "cu1", CU1_PASSWORD).await;
-    let Reply::KeysCreated(handles) = cu
-        .call(Request::GenerateKeyPair {
+    let cu = connect(&all, "cu1", CU1_PASSWORD).await;
+    let Reply::KeysCreated(handles) = write(
+        &cu,
+        Request::GenerateKeyPair {
             spec: KeySpec::Ec(Curve::P256),
             public: vec![AttributeValue::new("verify", "true")],
             private: vec![
                 AttributeValue::new("sign", "true"),
                 AttributeValue::new("label", "web"),
             ],
-        })
-        .await
-        .unwrap()
+        },
+    )
+    .await
     else {
         panic!("expected handles");
     };
     cu.close().await;
-    cluster.stop(1);
-    for id in 2..=cluster.nodes.len() as u32 {
-        cluster.clone_store(1, id);
-    }
-    cluster.start_all();
     handles[1]
 }
 
@@ -141,8 +154,8 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_node_mid_load_loses_no_request_and_a_restarted_node_is_used_again() {
-    let mut cluster = Cluster::init(3);
-    let handle = cloned_nodes(&mut cluster).await;
+    let mut cluster = Cluster::init_replicated(3);
+    let handle = replicated_nodes(&mut cluster).await;
     let client = connect(&cluster.client_toml(), "cu1", CU1_PASSWORD).await;
     wait_for("all three nodes up", Duration::from_secs(15), || {
         client.nodes().iter().all(|n| n.up)
@@ -206,14 +219,14 @@ async fn killing_a_node_mid_load_loses_no_request_and_a_restarted_node_is_used_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_answers_are_retried_on_another_node() {
-    let mut cluster = Cluster::init(2);
+    let mut cluster = Cluster::init_replicated(2);
     // Node 2 has one crypto thread and room for one queued request: under load it answers
     // busy most of the time.
     cluster.set_limits(2, |l| {
         l.crypto_threads = 1;
         l.max_queued = 1;
     });
-    cloned_nodes(&mut cluster).await;
+    replicated_nodes(&mut cluster).await;
 
     // Digests are cheap; 32 concurrent callers overflow node 2's queue.
     let client = connect(&cluster.client_toml(), "cu1", CU1_PASSWORD).await;

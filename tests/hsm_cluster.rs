@@ -228,3 +228,33 @@ fn the_cli_activates_a_replicated_cluster_and_status_shows_one_leader() {
         cluster.stop(id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_the_clients_writes_and_says_when_it_cannot() {
+    use sealgate_hsm_proto::{RequestFrame, ResponseFrame};
+    let mut cluster = Cluster::init(1);
+    let addr = cluster.start(1);
+    let mut conn = support::raw::hello(&cluster.dir, addr).await;
+    // An index the node has applied: answered at once, with the node's own index.
+    let frame = RequestFrame {
+        id: 2,
+        min_index: 1,
+        request: Request::Info,
+    };
+    support::raw::send_frame(&mut conn, &frame).await;
+    let ResponseFrame { index, result, .. } = support::raw::recv(&mut conn).await.unwrap();
+    assert!(matches!(result, Ok(Reply::Info(_))), "{result:?}");
+    assert!(index >= 1, "answers carry the node's log index ({index})");
+    // An index far ahead (a write this node never saw): it waits, then says so.
+    let frame = RequestFrame {
+        id: 3,
+        min_index: index + 1_000,
+        request: Request::Info,
+    };
+    support::raw::send_frame(&mut conn, &frame).await;
+    let answer = support::raw::recv(&mut conn).await.unwrap();
+    let error = answer.result.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Unavailable);
+    assert!(error.message.contains("not caught up"), "{error}");
+    cluster.stop(1);
+}

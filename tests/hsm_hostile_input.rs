@@ -225,10 +225,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
     // fill the socket buffers, its writes stall, and after 2 s it closes the connection.
     let mut greedy = raw::hello(&dir, addr).await;
     let frame = bytes::Bytes::from(sealgate_hsm_proto::encode(
-        &sealgate_hsm_proto::RequestFrame {
-            id: 7,
-            request: Request::Health,
-        },
+        &sealgate_hsm_proto::RequestFrame::new(7, Request::Health),
     ));
     let flood = async {
         loop {

@@ -500,8 +500,15 @@ pub mod raw {
 
     /// Sends one request frame.
     pub async fn send(conn: &mut Conn, id: u64, request: Request) {
-        let frame = proto::encode(&RequestFrame { id, request });
+        let frame = proto::encode(&RequestFrame::new(id, request));
         conn.send(Bytes::from(frame)).await.expect("send frame");
+    }
+
+    /// Sends a whole request frame.
+    pub async fn send_frame(conn: &mut Conn, frame: &RequestFrame) {
+        conn.send(Bytes::from(proto::encode(frame)))
+            .await
+            .expect("send frame");
     }
 
     /// Sends raw bytes as one frame body.
@@ -544,7 +551,7 @@ pub mod raw {
         send(conn, id, Request::Health).await;
         matches!(
             recv(conn).await,
-            Some(ResponseFrame { id: got, result: Ok(Reply::Health(_)) }) if got == id
+            Some(ResponseFrame { id: got, result: Ok(Reply::Health(_)), .. }) if got == id
         )
     }
 }

@@ -143,6 +143,7 @@ impl Client {
             settings,
             shutdown: CancellationToken::new(),
             changes: watch::Sender::new(()),
+            seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
         let nodes: Vec<Arc<Node>> = config
             .nodes
@@ -166,6 +167,7 @@ impl Client {
                 &shared.tls,
                 shared.cluster_id.as_deref(),
                 settings.connect_timeout,
+                Arc::clone(&shared.seen),
             )
         }))
         .await;

@@ -55,6 +55,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Serialize)]
 struct RequestFrameRef<'a> {
     id: u64,
+    min_index: u64,
     request: &'a Request,
 }
 
@@ -106,9 +107,19 @@ struct State {
     closed: CancellationToken,
     /// Why it ended.
     reason: Mutex<Option<String>>,
+    /// The highest log index any node of the cluster answered this client with (shared by its
+    /// connections): sent with every request so the node waits until it has applied it
+    /// (read-your-writes across nodes).
+    seen: Arc<AtomicU64>,
 }
 
 impl State {
+    /// Takes the request `response` answers, and notes how far the node had applied the log.
+    fn answered(&self, response: &proto::ResponseFrame) -> Option<Pending> {
+        self.seen.fetch_max(response.index, Ordering::Relaxed);
+        self.remove(response.id)
+    }
+
     /// Ends the connection: fails every waiting request, refuses new ones, stops the tasks.
     fn shutdown(&self, reason: impl FnOnce() -> String) {
         {
@@ -179,6 +190,7 @@ pub(crate) async fn open(
     tls: &TlsConnector,
     cluster_id: Option<&str>,
     timeout: Duration,
+    seen: Arc<AtomicU64>,
 ) -> Result<Connection, ClientError> {
     let name = server_name(endpoint)?;
     let connect_error = |source| ClientError::Connect {
@@ -197,7 +209,7 @@ pub(crate) async fn open(
         cluster = %welcome.cluster_id,
         "connected"
     );
-    Ok(Connection::start(transport, &welcome))
+    Ok(Connection::start(transport, &welcome, seen))
 }
 
 /// The name the node's certificate must carry.
@@ -219,10 +231,7 @@ async fn handshake(
     let stream = tls.connect(name, tcp).await?;
     // Reads answers (the welcome) up to the response limit; the hello is tiny.
     let mut transport = Framed::new(stream, proto::length_codec(MAX_RESPONSE_LEN));
-    let hello = RequestFrame {
-        id: HELLO_ID,
-        request: Request::Hello(Hello::current(CLIENT_NAME)),
-    };
+    let hello = RequestFrame::new(HELLO_ID, Request::Hello(Hello::current(CLIENT_NAME)));
     transport.send(Bytes::from(proto::encode(&hello))).await?;
     let bytes = transport.next().await.ok_or(ConnectError::Closed)??;
     let response = proto::decode_response(&bytes).map_err(ConnectError::Malformed)?;
@@ -254,7 +263,7 @@ impl Connection {
     /// Starts the reader and writer tasks on a welcomed transport, with the node's limits:
     /// requests up to its `max_frame_len`, answers up to [`MAX_RESPONSE_LEN`] (a key list can
     /// be far larger than any request).
-    fn start(transport: Transport, welcome: &Welcome) -> Self {
+    fn start(transport: Transport, welcome: &Welcome, seen: Arc<AtomicU64>) -> Self {
         let max_frame_len = usize::try_from(welcome.max_frame_len)
             .unwrap_or(usize::MAX)
             .max(1);
@@ -266,6 +275,7 @@ impl Connection {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
+            seen,
         });
         let (frames, queue) = mpsc::channel(max_in_flight.saturating_add(8).min(4096));
         // The hello was read through `transport`; keep whatever it buffered after the welcome.
@@ -305,7 +315,12 @@ impl Connection {
                 Ok(Ok(permit)) => permit,
             };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = Bytes::from(proto::encode(&RequestFrameRef { id, request }));
+        let min_index = self.state.seen.load(Ordering::Relaxed);
+        let body = Bytes::from(proto::encode(&RequestFrameRef {
+            id,
+            min_index,
+            request,
+        }));
         if body.len() > self.max_frame_len {
             return Err(Failure::TooLarge {
                 len: body.len(),
@@ -427,7 +442,7 @@ async fn read_answers(mut stream: Reader, state: Arc<State>) {
                     Ok(_) => "the node answered an unknown request".to_owned(),
                 };
             }
-            Ok(response) => match state.remove(response.id) {
+            Ok(response) => match state.answered(&response) {
                 Some(pending) => {
                     // The caller may have given up (timeout); then the answer is dropped.
                     let _ = pending.answer.send(response.result);
@@ -459,10 +474,12 @@ mod tests {
         ] {
             let borrowed = proto::encode(&RequestFrameRef {
                 id: 300,
+                min_index: 7,
                 request: &request,
             });
             let owned = proto::encode(&RequestFrame {
                 id: 300,
+                min_index: 7,
                 request: request.clone(),
             });
             assert_eq!(borrowed, owned);

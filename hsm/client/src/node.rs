@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     /// Bumped by the background tasks when a node comes up again or is parked, for requests
     /// waiting for a node that ended the session to log in again ([`wait_for_change`]).
     pub(crate) changes: watch::Sender<()>,
+    /// The highest log index the cluster answered with (read-your-writes; see the connection).
+    pub(crate) seen: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -419,6 +421,7 @@ pub(crate) async fn establish(
             &shared.tls,
             shared.cluster_id.as_deref(),
             shared.settings.connect_timeout,
+            Arc::clone(&shared.seen),
         )
         .await?,
     );

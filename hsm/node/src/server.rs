@@ -456,9 +456,15 @@ async fn write_frames<S: AsyncWrite>(
     let _ = tokio::time::timeout(timeout, SinkExt::<Bytes>::close(&mut sink)).await;
 }
 
-/// Encodes an answer; one too large for a response frame becomes an error saying so.
+/// Encodes an answer that promises no log position (see [`indexed_response`]).
 fn response(id: u64, result: Result<Reply, proto::Error>) -> Bytes {
-    let bytes = proto::encode(&ResponseFrame { id, result });
+    indexed_response(id, 0, result)
+}
+
+/// Encodes an answer given when the node had applied the log up to `index`; one too large for a
+/// response frame becomes an error saying so.
+fn indexed_response(id: u64, index: u64, result: Result<Reply, proto::Error>) -> Bytes {
+    let bytes = proto::encode(&ResponseFrame { id, index, result });
     if bytes.len() <= proto::MAX_RESPONSE_LEN {
         return Bytes::from(bytes);
     }
@@ -469,6 +475,7 @@ fn response(id: u64, result: Result<Reply, proto::Error>) -> Bytes {
     );
     Bytes::from(proto::encode(&ResponseFrame {
         id,
+        index,
         result: Err(proto::Error::new(ErrorKind::LimitReached, message)),
     }))
 }
@@ -545,6 +552,7 @@ async fn hello<S: AsyncRead>(
         Ok(RequestFrame {
             id,
             request: Request::Hello(h),
+            ..
         }) => match proto::negotiate(h.min_version, h.max_version) {
             Some(version) => {
                 debug!(%peer, client = ?h.client, version, "hello");
@@ -648,7 +656,11 @@ async fn serve_requests<S: AsyncRead>(
                     break;
                 }
             };
-            let RequestFrame { id, request } = match proto::decode_request(&bytes) {
+            let RequestFrame {
+                id,
+                min_index,
+                request,
+            } = match proto::decode_request(&bytes) {
                 Ok(frame) => frame,
                 Err(e) => {
                     warn!(%peer, "closed connection: {e}");
@@ -695,16 +707,20 @@ async fn serve_requests<S: AsyncRead>(
             let answer = tx.clone();
             jobs.push(Box::new(move |outbox: &mut Outbox| {
                 let name = request.name();
-                let result =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| hsm.handle(session, request)))
-                        .unwrap_or_else(|_| {
-                            error!("request {name} failed inside the node (a bug)");
-                            Err(proto::Error::new(
-                                ErrorKind::Failed,
-                                format!("{name} failed inside the node"),
-                            ))
-                        });
-                outbox.send(answer, response(id, result), permit);
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    // Read-your-writes: first catch up with what the client has seen.
+                    hsm.wait_applied(min_index)?;
+                    hsm.handle(session, request)
+                }))
+                .unwrap_or_else(|_| {
+                    error!("request {name} failed inside the node (a bug)");
+                    Err(proto::Error::new(
+                        ErrorKind::Failed,
+                        format!("{name} failed inside the node"),
+                    ))
+                });
+                let index = hsm.log_index();
+                outbox.send(answer, indexed_response(id, index, result), permit);
             }) as Job);
             ids.push(id);
         }

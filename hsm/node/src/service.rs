@@ -39,6 +39,9 @@ pub(crate) struct Hsm {
 /// How long a follower waits for the leader to take a forwarded write, and then to apply it.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a node waits to catch up with a client's earlier writes before answering.
+const READ_YOUR_WRITES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a raft write gave: the state machine's answer, or why raft did not take it.
 type WriteResult = Result<
     openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
@@ -148,6 +151,39 @@ impl Hsm {
             ));
         }
         Ok(LoginSlot(&self.logins))
+    }
+
+    /// How far this node has applied the cluster's log (raft index).
+    pub(crate) fn log_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
+    }
+
+    /// Waits (bounded) until this node has applied the log up to `index`, so a client reads
+    /// what it wrote through another node. Called on a crypto thread.
+    pub(crate) fn wait_applied(&self, index: u64) -> Result<(), proto::Error> {
+        if index <= self.log_index() {
+            return Ok(());
+        }
+        self.runtime
+            .block_on(
+                self.raft
+                    .wait(Some(READ_YOUR_WRITES_TIMEOUT))
+                    .applied_index_at_least(Some(index), "the client's writes applied here"),
+            )
+            .map(|_| ())
+            .map_err(|_| {
+                proto::Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "this node has not caught up with log index {index} within \
+                         {READ_YOUR_WRITES_TIMEOUT:?}; try another node"
+                    ),
+                )
+            })
     }
 
     /// The node's raft (for raft messages from the other nodes).

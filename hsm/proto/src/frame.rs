@@ -43,8 +43,22 @@ impl Default for Limits {
 pub struct RequestFrame {
     /// Request id.
     pub id: u64,
+    /// Read-your-writes: the node first waits (bounded) until it has applied the cluster's log
+    /// up to this index, the highest [`ResponseFrame::index`] the client has seen (0: no wait).
+    pub min_index: u64,
     /// The request.
     pub request: Request,
+}
+
+impl RequestFrame {
+    /// A request that needs no earlier write applied.
+    pub fn new(id: u64, request: Request) -> Self {
+        Self {
+            id,
+            min_index: 0,
+            request,
+        }
+    }
 }
 
 /// The answer to the request with the same id. Id 0 answers a frame whose id could not be
@@ -53,8 +67,24 @@ pub struct RequestFrame {
 pub struct ResponseFrame {
     /// The request's id.
     pub id: u64,
+    /// How far the answering node had applied the cluster's log (after a write: at least the
+    /// write's own index). A client sends the highest it has seen as
+    /// [`RequestFrame::min_index`], so any node it asks next answers from a state that includes
+    /// its writes.
+    pub index: u64,
     /// The reply or why the request failed.
     pub result: Result<Reply, Error>,
+}
+
+impl ResponseFrame {
+    /// An answer that promises no log position.
+    pub fn new(id: u64, result: Result<Reply, Error>) -> Self {
+        Self {
+            id,
+            index: 0,
+            result,
+        }
+    }
 }
 
 /// Why bytes from the network did not decode.
@@ -132,6 +162,7 @@ mod tests {
     fn request_round_trip_through_the_codec() {
         let frame = RequestFrame {
             id: 7,
+            min_index: 42,
             request: Request::Sign {
                 handle: 3,
                 mechanism: SignMechanism::Ecdsa(HashAlg::Sha256),
@@ -158,10 +189,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_and_garbage_are_refused() {
-        let mut bytes = encode(&RequestFrame {
-            id: 1,
-            request: Request::Health,
-        });
+        let mut bytes = encode(&RequestFrame::new(1, Request::Health));
         bytes.push(0);
         assert_eq!(decode_request(&bytes), Err(DecodeError::TrailingBytes(1)));
         assert!(matches!(
@@ -174,13 +202,13 @@ mod tests {
     fn no_byte_string_makes_the_decoders_panic() {
         // A deterministic sweep (xorshift) of short strings and mutations of valid frames; the
         // cargo-fuzz target in fuzz/ explores further.
-        let valid = encode(&RequestFrame {
-            id: 9,
-            request: Request::Login {
+        let valid = encode(&RequestFrame::new(
+            9,
+            Request::Login {
                 user: "alice".into(),
                 password: Secret::new("correct horse".into()),
             },
-        });
+        ));
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             x ^= x << 13;
@@ -223,10 +251,7 @@ mod tests {
 
     #[test]
     fn error_frames_round_trip() {
-        let frame = ResponseFrame {
-            id: 3,
-            result: Err(Error::new(ErrorKind::Busy, "node is busy")),
-        };
+        let frame = ResponseFrame::new(3, Err(Error::new(ErrorKind::Busy, "node is busy")));
         assert_eq!(decode_response(&encode(&frame)), Ok(frame));
     }
 }

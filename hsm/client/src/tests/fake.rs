@@ -305,7 +305,7 @@ fn fake_key(handle: u64, owner: u32) -> KeyInfo {
 }
 
 fn respond(id: u64, result: Result<Reply, Error>) -> Bytes {
-    Bytes::from(proto::encode(&ResponseFrame { id, result }))
+    Bytes::from(proto::encode(&ResponseFrame::new(id, result)))
 }
 
 async fn serve(
@@ -333,7 +333,7 @@ async fn serve(
             frame = frames.next() => frame,
         };
         let Some(Ok(bytes)) = frame else { break };
-        let Ok(RequestFrame { id, request }) = proto::decode_request(&bytes) else {
+        let Ok(RequestFrame { id, request, .. }) = proto::decode_request(&bytes) else {
             break;
         };
         if !welcomed {

@@ -136,10 +136,7 @@ impl PeerLink {
             .await
             .map_err(|e| self.unreachable(e))?;
         let mut conn = Framed::new(tls, proto::length_codec(proto::MAX_RESPONSE_LEN));
-        let hello = RequestFrame {
-            id: 0,
-            request: Request::Hello(Hello::current("sealgate node")),
-        };
+        let hello = RequestFrame::new(0, Request::Hello(Hello::current("sealgate node")));
         conn.send(Bytes::from(proto::encode(&hello)))
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -186,10 +183,7 @@ impl PeerLink {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let frame = RequestFrame {
-            id,
-            request: Request::Raft { rpc, payload },
-        };
+        let frame = RequestFrame::new(id, Request::Raft { rpc, payload });
         let target = self.target;
         let unreachable = |reason: String| LinkError::Unreachable {
             node: target,
