@@ -223,7 +223,16 @@ fn the_cli_activates_a_replicated_cluster_and_status_shows_one_leader() {
     );
     for n in nodes {
         assert_eq!(n["info"]["activated"], true, "{v}");
+        assert!(n["lag"].is_u64(), "{v}");
     }
+    let roles: Vec<&str> = nodes
+        .iter()
+        .map(|n| n["health"]["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{v}");
+    assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{v}");
+    let human = cluster.sg_ok(None, &["cluster", "status"]);
+    assert_eq!(human.matches("  up    ").count(), 3, "{human}");
     for id in 1..=3 {
         cluster.stop(id);
     }

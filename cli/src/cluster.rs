@@ -256,6 +256,7 @@ fn health_json(h: &Health) -> Value {
         "queued": h.queued,
         "writable": h.writable,
         "leader": h.leader,
+        "role": h.role,
         "term": h.term,
     })
 }
@@ -280,6 +281,7 @@ fn status_line(
     id: u32,
     address: &str,
     health: Option<&Health>,
+    lag: Option<u64>,
     info: Option<&ClusterInfo>,
     err: Option<&str>,
 ) -> String {
@@ -288,8 +290,11 @@ fn status_line(
         Some(h) => {
             let _ = write!(
                 line,
-                "up    applied {}  sessions {}  connections {}  queued {}  writable {}  leader {}",
+                "up    {}  applied {}  lag {}  sessions {}  connections {}  queued {}  \
+                 writable {}  leader {}",
+                h.role,
                 h.applied_index,
+                lag.unwrap_or(0),
                 h.sessions,
                 h.connections,
                 h.queued,
@@ -325,6 +330,7 @@ async fn status(target: &Target) -> anyhow::Result<Report> {
     let mut lines = Vec::new();
     let mut cluster_id = configured_id;
     let mut answered = 0usize;
+    let mut rows = Vec::with_capacity(endpoints.len());
     for ep in &endpoints {
         let health = match credentials::call(&client, On::Node(ep.id), Request::Health).await {
             Ok(Reply::Health(h)) => Ok(h),
@@ -361,19 +367,32 @@ async fn status(target: &Target) -> anyhow::Result<Report> {
         if cluster_id.is_none() {
             cluster_id = info.as_ref().and_then(|i| i.cluster_id.clone());
         }
-        let address = ep.address.to_string();
+        rows.push((ep.id, ep.address.to_string(), health, info, err));
+    }
+    // Lag: how far each node's applied log index is behind the furthest node's.
+    let furthest = rows
+        .iter()
+        .filter_map(|(_, _, h, _, _)| h.as_ref().map(|h| h.applied_index))
+        .max()
+        .unwrap_or(0);
+    for (id, address, health, info, err) in rows {
+        let lag = health
+            .as_ref()
+            .map(|h| furthest.saturating_sub(h.applied_index));
         lines.push(status_line(
-            ep.id,
+            id,
             &address,
             health.as_ref(),
+            lag,
             info.as_ref(),
             err.as_deref(),
         ));
         nodes.push(json!({
-            "id": ep.id,
+            "id": id,
             "address": address,
             "up": health.is_some(),
             "health": health.as_ref().map(health_json),
+            "lag": lag,
             "info": info.as_ref().map(info_json),
             "error": err,
         }));
@@ -413,6 +432,7 @@ mod tests {
             queued: 0,
             writable: true,
             leader: Some(1),
+            role: "leader".into(),
             term: 1,
         };
         let i = ClusterInfo {
@@ -424,13 +444,23 @@ mod tests {
             token_keys: 5,
             applied_index: 7,
         };
-        let line = status_line(1, "127.0.0.1:2225", Some(&h), Some(&i), None);
-        assert!(line.contains("up") && line.contains("applied 7"), "{line}");
+        let line = status_line(1, "127.0.0.1:2225", Some(&h), Some(0), Some(&i), None);
+        assert!(
+            line.contains("up    leader") && line.contains("applied 7") && line.contains("lag 0"),
+            "{line}"
+        );
         assert!(
             line.contains("activated no") && line.contains("keys 5"),
             "{line}"
         );
-        let line = status_line(2, "127.0.0.1:2226", None, None, Some("connection refused"));
+        let line = status_line(
+            2,
+            "127.0.0.1:2226",
+            None,
+            None,
+            None,
+            Some("connection refused"),
+        );
         assert!(
             line.contains("down") && line.contains("connection refused"),
             "{line}"

@@ -752,12 +752,20 @@ fn health(shared: &Shared) -> Reply {
     let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
     Reply::Health(Health {
         node_id: shared.hsm.node_id(),
-        applied_index: shared.hsm.applied_index(),
+        applied_index: metrics.last_applied.map_or(0, |id| id.index),
         sessions: count(&shared.sessions),
         connections: count(&shared.connections),
         queued: u32::try_from(shared.pool.queued()).unwrap_or(u32::MAX),
         writable: shared.hsm.writable(),
         leader: metrics.current_leader.and_then(|id| u32::try_from(id).ok()),
+        role: match metrics.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shut down",
+        }
+        .to_owned(),
         term: metrics.current_term,
     })
 }

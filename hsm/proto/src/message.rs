@@ -70,7 +70,7 @@ pub struct Welcome {
 pub struct Health {
     /// The node's id.
     pub node_id: u32,
-    /// Index of the last applied command.
+    /// How far this node has applied the cluster's log (raft index).
     pub applied_index: u64,
     /// Open sessions.
     pub sessions: u32,
@@ -82,6 +82,8 @@ pub struct Health {
     pub writable: bool,
     /// The raft leader this node knows of, if any.
     pub leader: Option<u32>,
+    /// This node's raft role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
     /// The raft term this node is in.
     pub term: u64,
 }

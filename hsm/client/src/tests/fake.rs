@@ -403,6 +403,7 @@ async fn serve(
                 queued: 0,
                 writable: true,
                 leader: Some(node_id),
+                role: "leader".into(),
                 term: 1,
             })),
             _ if ctl
