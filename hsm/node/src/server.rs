@@ -513,14 +513,20 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     let writer = tokio::spawn(write_frames(sink, rx, peer, write_timeout));
 
     if hello(shared, &mut reader, &tx, peer, handshake).await {
-        match open_session(shared).await {
-            Ok(session) => {
-                serve_requests(shared, &mut reader, &tx, peer, session, peer_node).await;
-                close_session(shared, session).await;
-            }
-            Err(e) => {
-                warn!(%peer, "refused connection: {e}");
-                let _ = tx.send(refusal(0, e.kind, e.message)).await;
+        if peer_node.is_some() {
+            // A peer node sends raft messages and health checks only: no engine session (an
+            // engine request from it finds no session and is refused as not logged in).
+            serve_requests(shared, &mut reader, &tx, peer, NO_SESSION, peer_node).await;
+        } else {
+            match open_session(shared).await {
+                Ok(session) => {
+                    serve_requests(shared, &mut reader, &tx, peer, session, peer_node).await;
+                    close_session(shared, session).await;
+                }
+                Err(e) => {
+                    warn!(%peer, "refused connection: {e}");
+                    let _ = tx.send(refusal(0, e.kind, e.message)).await;
+                }
             }
         }
     }
@@ -619,6 +625,9 @@ async fn refuse_stream_error(tx: &mpsc::Sender<Bytes>, peer: SocketAddr, e: &std
         debug!(%peer, "connection ended: {e}");
     }
 }
+
+/// The session of a peer node's connection: none (the engine numbers sessions from 1).
+const NO_SESSION: SessionId = SessionId(0);
 
 /// Most frames read in one go and handed to the crypto pool together.
 const READ_BATCH: usize = 128;
