@@ -12,7 +12,7 @@
 
 mod support;
 
-use sealgate_hsm_client::{Client, ClientConfig, Credentials, NodeStatus};
+use sealgate_hsm_client::{Client, NodeStatus};
 use sealgate_hsm_proto::{
     AttributeValue, Curve, HashAlg, KeySpec, Reply, Request, Secret, SignMechanism,
 };
@@ -21,31 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use support::{CO_PASSWORD, CU1_PASSWORD, Cluster};
 
-async fn connect(path: &std::path::Path, user: &str, password: &str) -> Client {
-    let config = ClientConfig::load(path).unwrap();
-    let credentials = Credentials::new(user, Secret::new(password.into()));
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        Client::connect(config, Some(credentials)),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect")
-}
+use support::sdk::connect;
 
-/// A write, retried while the cluster elects its first leader (bounded).
 async fn write(client: &Client, request: Request) -> Reply {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.call(request.clone()).await {
-            Ok(reply) => return reply,
-            Err(e) if e.kind() == Some(sealgate_hsm_proto::ErrorKind::Unavailable) => {
-                assert!(tokio::time::Instant::now() < deadline, "no leader: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    support::sdk::write(client, None, request).await
 }
 
 /// Starts every node of a replicating cluster and sets it up (activate, a CU, a P-256 key).

@@ -11,7 +11,7 @@
 
 mod support;
 
-use sealgate_hsm_client::{Client, ClientConfig, ClientError, Credentials};
+use sealgate_hsm_client::{Client, ClientError};
 use sealgate_hsm_proto::{
     AttributeValue, Curve, ErrorKind, HashAlg, KeySpec, Reply, Request, Role, Secret, SignMechanism,
 };
@@ -19,33 +19,11 @@ use std::time::Duration;
 use support::{CO_PASSWORD, CU1_PASSWORD, Cluster};
 
 async fn connect(cluster: &Cluster, user: &str, password: &str) -> Client {
-    let config = ClientConfig::load(&cluster.client_toml()).unwrap();
-    let credentials = Credentials::new(user, Secret::new(password.into()));
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        Client::connect(config, Some(credentials)),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect")
+    support::sdk::connect(&cluster.client_toml(), user, password).await
 }
 
-/// Sends a write to `node`, retrying while the cluster has no leader yet (bounded).
 async fn write_on(client: &Client, node: u32, request: Request) -> Reply {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.call_on(node, request.clone()).await {
-            Ok(reply) => return reply,
-            Err(e) if e.kind() == Some(ErrorKind::Unavailable) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no leader within 30 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("write on node {node} failed: {e}"),
-        }
-    }
+    support::sdk::write(client, Some(node), request).await
 }
 
 fn sign(handle: u64) -> Request {

@@ -186,29 +186,6 @@ impl Cluster {
         addr
     }
 
-    /// Copies node `from`'s store onto node `to` (both stopped): a clone of the same cluster's
-    /// users and keys, as CloudHSM makes an HSM from a backup (the raft log, vote and membership
-    /// of node `from` are dropped from the copy). Until nodes replicate to each other, this is
-    /// how several nodes come to hold the same users and keys.
-    pub fn clone_store(&self, from: u32, to: u32) {
-        let src = self.dir.join(format!("node-{from}/store.redb"));
-        let dst = self.dir.join(format!("node-{to}/store.redb"));
-        std::fs::copy(&src, &dst).expect("copy store");
-        sealgate_hsm_node::RedbStore::open(&dst)
-            .and_then(|mut store| store.forget_replication())
-            .expect("a new node's store");
-    }
-
-    /// A client.toml naming only node `id` (to set a cluster up through one node).
-    pub fn client_toml_for(&self, id: u32) -> PathBuf {
-        let mut file: sealgate_hsm_client::ClientFile =
-            toml::from_str(&std::fs::read_to_string(self.client_toml()).unwrap()).unwrap();
-        file.nodes.retain(|n| n.id == id);
-        let path = self.dir.join(format!("client-{id}.toml"));
-        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
-        path
-    }
-
     pub fn start_all(&mut self) {
         for id in 1..=self.nodes.len() as u32 {
             self.start(id);
@@ -553,5 +530,49 @@ pub mod raw {
             recv(conn).await,
             Some(ResponseFrame { id: got, result: Ok(Reply::Health(_)), .. }) if got == id
         )
+    }
+}
+
+/// The client SDK against a cluster started here.
+pub mod sdk {
+    use sealgate_hsm_client::{Client, ClientConfig, Credentials};
+    use sealgate_hsm_proto::{ErrorKind, Reply, Request, Secret};
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// Connects with the client.toml at `path` as `user` (bounded: 30 s).
+    pub async fn connect(path: &Path, user: &str, password: &str) -> Client {
+        let config = ClientConfig::load(path).unwrap();
+        let credentials = Credentials::new(user, Secret::new(password.into()));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            Client::connect(config, Some(credentials)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect")
+    }
+
+    /// Sends a write (to `node`, or any node), retrying while the cluster has no leader yet
+    /// (bounded: 30 s).
+    pub async fn write(client: &Client, node: Option<u32>, request: Request) -> Reply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let sent = match node {
+                Some(id) => client.call_on(id, request.clone()).await,
+                None => client.call(request.clone()).await,
+            };
+            match sent {
+                Ok(reply) => return reply,
+                Err(e) if e.kind() == Some(ErrorKind::Unavailable) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no leader within 30 s: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("write on node {node:?} failed: {e}"),
+            }
+        }
     }
 }

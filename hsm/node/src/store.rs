@@ -158,35 +158,6 @@ impl RedbStore {
             .map_err(backend)?;
         tx.commit().map_err(backend)
     }
-
-    /// Makes this store, a copy of another node's, the store of a new node of its own: keeps
-    /// the engine's rows (users, keys, settings: CloudHSM's "HSM from a backup") and forgets
-    /// the raft log, vote and membership, which belong to the node it was copied from.
-    pub fn forget_replication(&mut self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(backend)?;
-        tx.delete_table(crate::raft::log_store::LOG)
-            .map_err(backend)?;
-        tx.delete_table(crate::raft::log_store::STATE)
-            .map_err(backend)?;
-        tx.delete_table(MACHINE).map_err(backend)?;
-        tx.commit().map_err(backend)
-    }
-
-    /// Log entries from `from` on, in order (encoded commands).
-    pub fn log_entries(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let log = match tx.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(backend(e)),
-        };
-        let mut out = Vec::new();
-        for row in log.range(from..).map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
-    }
 }
 
 fn write_batch(tx: &redb::WriteTransaction, batch: &StoreBatch) -> Result<(), StoreError> {

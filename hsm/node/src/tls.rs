@@ -46,6 +46,15 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
 }
 
+/// The cluster CA as the only trusted root.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_error(ca, e))?;
+    }
+    Ok(roots)
+}
+
 /// The node's server configuration: TLS 1.3, client certificates required and verified
 /// against `ca`.
 pub(crate) fn server_config(
@@ -54,12 +63,8 @@ pub(crate) fn server_config(
     key: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| file_error(ca, e))?;
-    }
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), Arc::clone(&provider))
             .build()
             .map_err(|e| file_error(ca, e))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -77,13 +82,9 @@ pub(crate) fn peer_client_config(
     key: &Path,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| file_error(ca, e))?;
-    }
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
     Ok(Arc::new(config))
 }

@@ -5,15 +5,15 @@
 use super::{NodeId, StorageError, TypeConfig, io_error};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-pub(crate) const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
-pub(crate) const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_state");
+const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
+const STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_state");
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -81,6 +81,34 @@ impl RaftLogStore {
         tx.commit().map_err(|e| fail(&e))
     }
 
+    /// Writes one value of the raft state (vote, committed id) durably.
+    fn save_state<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError> {
+        let bytes = encode(value)?;
+        self.write(|_, state| {
+            state
+                .insert(key, bytes.as_slice())
+                .map(|_| ())
+                .map_err(|e| fail_write(&e))
+        })
+    }
+
+    /// The newest entry, read alone (not the whole log).
+    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, StorageError> {
+        let read = |e: &dyn std::fmt::Display| -> StorageError {
+            StorageIOError::read_logs(openraft::AnyError::error(e)).into()
+        };
+        let tx = self.db.begin_read().map_err(|e| read(&e))?;
+        let table = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(read(&e)),
+        };
+        match table.last().map_err(|e| read(&e))? {
+            Some((_, v)) => decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn entries(
         &self,
         range: (Bound<u64>, Bound<u64>),
@@ -121,10 +149,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId<NodeId>> = self.read_state(LAST_PURGED)?;
-        let last = self
-            .entries((Bound::Unbounded, Bound::Unbounded))?
-            .last()
-            .map(|e| *e.get_log_id());
+        let last = self.last_entry()?.map(|e| *e.get_log_id());
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -136,13 +161,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let bytes = encode(vote)?;
-        self.write(|_, state| {
-            state
-                .insert(VOTE, bytes.as_slice())
-                .map(|_| ())
-                .map_err(|e| fail_write(&e))
-        })
+        self.save_state(VOTE, vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -153,13 +172,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError> {
-        let bytes = encode(&committed)?;
-        self.write(|_, state| {
-            state
-                .insert(COMMITTED, bytes.as_slice())
-                .map(|_| ())
-                .map_err(|e| fail_write(&e))
-        })
+        self.save_state(COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {

@@ -15,7 +15,7 @@
 // the same, as openraft's own examples do.
 #![allow(clippy::result_large_err)]
 
-pub(crate) mod log_store;
+mod log_store;
 mod network;
 mod state_machine;
 
