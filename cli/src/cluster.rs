@@ -1,5 +1,6 @@
-//! `sealgate cluster init|activate|status`: create a cluster's files, turn the PRECO into the
-//! first crypto officer on every node, and show each node's health.
+//! `sealgate cluster init|activate|status|add-node|remove-node`: create a cluster's files, turn
+//! the PRECO into the first crypto officer, show each node's health, and grow or shrink the
+//! cluster while it runs.
 
 use crate::credentials::{
     self, ENV_CLUSTER, On, Target, Tty, connect_as, load_config, new_password, password,
@@ -8,9 +9,9 @@ use crate::credentials::{
 use crate::node;
 use crate::output::{self, Report, error};
 use clap::{Args, Subcommand};
-use sealgate_hsm_client::{ClientError, Credentials};
-use sealgate_hsm_node::init::InitReport;
-use sealgate_hsm_proto::{ClusterInfo, ErrorKind, Health, Reply, Request};
+use sealgate_hsm_client::{Client, ClientError, Credentials};
+use sealgate_hsm_node::init::{self, InitReport};
+use sealgate_hsm_proto::{ClusterInfo, ErrorKind, Health, Member, Reply, Request};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,57 @@ pub(crate) enum ClusterCommand {
     /// "sessions", "connections", "queued", "writable", "leader", "term"} | null, "info": {"cluster_id",
     /// "initialized", "activated", "users", "keys", "applied_index"} | null, "error": text |
     /// null}]}.
+    ///
+    /// The nodes are those of the cluster's membership (as the nodes report it), so nodes
+    /// added or removed since client.toml was written are shown as they are now.
     Status,
+    /// Add a node to the running cluster (as a crypto officer).
+    ///
+    /// Writes DIR/node-N.toml and DIR/node-N/ with the node's certificate (signed with
+    /// DIR/ca-key.pem); no domain key and no store: the node gets both from the cluster. Then
+    /// adds node N to the cluster as a learner. Start it with `sealgate node --config
+    /// DIR/node-N.toml`: it asks the members for the domain key over mutual TLS, receives the
+    /// cluster's keys, users and policies as a snapshot, and becomes a voter once it has caught
+    /// up. Clients learn of it from the nodes (client.toml needs no change).
+    ///
+    /// Password: SEALGATE_PASSWORD, else a prompt.
+    /// JSON data: {"id", "address", "config", "members": [{"id", "address", "voter"}],
+    /// "next_steps": [..]}.
+    AddNode(AddNodeArgs),
+    /// Remove a node from the running cluster (as a crypto officer).
+    ///
+    /// The node stops receiving the cluster's changes and refuses clients; stop it and delete
+    /// its data directory. Its id is never given to another node.
+    ///
+    /// Password: SEALGATE_PASSWORD, else a prompt.
+    /// JSON data: {"id", "members": [{"id", "address", "voter"}]}.
+    RemoveNode(RemoveNodeArgs),
+}
+
+/// `cluster add-node`.
+#[derive(Debug, Args)]
+pub(crate) struct AddNodeArgs {
+    /// The cluster's directory (written by `cluster init`; holds ca-key.pem). Default: the
+    /// directory of the cluster's client.toml.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// The new node's id. Default: one above every id in use or used before.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub(crate) id: Option<u32>,
+    /// The host the node listens on and is reached at. Default: the newest member's host.
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// The node's port. Default: one above the highest port of the members on that host.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) port: Option<u16>,
+}
+
+/// `cluster remove-node`.
+#[derive(Debug, Args)]
+pub(crate) struct RemoveNodeArgs {
+    /// The node's id.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub(crate) id: u32,
 }
 
 /// `cluster init`.
@@ -78,7 +129,118 @@ pub(crate) async fn run(command: ClusterCommand, target: &Target) -> anyhow::Res
         ClusterCommand::Init(args) => init(args),
         ClusterCommand::Activate(args) => activate(&args, target).await,
         ClusterCommand::Status => status(target).await,
+        ClusterCommand::AddNode(args) => add_node(&args, target).await,
+        ClusterCommand::RemoveNode(args) => remove_node(&args, target).await,
     }
+}
+
+fn members_json(members: &[Member]) -> Value {
+    Value::Array(
+        members
+            .iter()
+            .map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter}))
+            .collect(),
+    )
+}
+
+fn members_text(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            format!(
+                "node {} {} ({})",
+                m.id,
+                m.address,
+                if m.voter { "voter" } else { "learner" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sends a membership change and returns the membership after it.
+async fn change_membership(client: &Client, request: Request) -> anyhow::Result<Vec<Member>> {
+    match credentials::call(client, On::Any, request).await? {
+        Reply::Members(members) => Ok(members),
+        other => Err(credentials::unexpected(&other)),
+    }
+}
+
+async fn add_node(args: &AddNodeArgs, target: &Target) -> anyhow::Result<Report> {
+    let cluster_file = credentials::cluster_file(target.cluster.as_deref(), &process_env)?;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => cluster_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned),
+    };
+    let client = credentials::connect_user(target).await?;
+    let result = add_node_with(&client, args, dir).await;
+    client.close().await;
+    result
+}
+
+async fn add_node_with(
+    client: &Client,
+    args: &AddNodeArgs,
+    dir: PathBuf,
+) -> anyhow::Result<Report> {
+    let members = match credentials::call(client, On::Any, Request::Health).await? {
+        Reply::Health(h) => h.members,
+        other => return Err(credentials::unexpected(&other)),
+    };
+    let added = init::add_node_files(&init::AddNodeOptions {
+        dir,
+        members: members.iter().map(|m| (m.id, m.address.clone())).collect(),
+        id: args.id,
+        host: args.host.clone(),
+        port: args.port,
+    })
+    .map_err(|e| error("invalid-input", e.to_string()))?;
+    let request = Request::AddNode {
+        id: added.id,
+        address: added.address.clone(),
+    };
+    // On refusal `added` is dropped, which removes the files it wrote.
+    let members = change_membership(client, request).await?;
+    let (id, address, config) = (added.id, added.address.clone(), added.config.clone());
+    added.keep();
+    let start = format!("sealgate node --config {}", config.display());
+    let text = format!(
+        "node {id} added to the cluster as a learner at {address}\n  config  {}\n           members {}\nnext step: start it (it gets the domain key and the cluster's state from \
+         the members, then becomes a voter):\n  {start}",
+        config.display(),
+        members_text(&members)
+    );
+    Ok(Report::new(
+        json!({
+            "id": id,
+            "address": address,
+            "config": config.display().to_string(),
+            "members": members_json(&members),
+            "next_steps": [start],
+        }),
+        text,
+    ))
+}
+
+async fn remove_node(args: &RemoveNodeArgs, target: &Target) -> anyhow::Result<Report> {
+    let client = credentials::connect_user(target).await?;
+    let result = change_membership(&client, Request::RemoveNode { id: args.id }).await;
+    client.close().await;
+    let members = result?;
+    let text = format!(
+        "node {} removed from the cluster\n  members {}\nnext step: stop node {} and delete its \
+         data directory (it holds the cluster's keys, sealed under the domain key)",
+        args.id,
+        members_text(&members),
+        args.id
+    );
+    Ok(Report::new(
+        json!({"id": args.id, "members": members_json(&members)}),
+        text,
+    ))
 }
 
 /// `cluster init`.
@@ -323,9 +485,10 @@ fn status_line(
 
 async fn status(target: &Target) -> anyhow::Result<Report> {
     let config = load_config(target)?;
-    let endpoints = config.nodes.clone();
     let configured_id = config.cluster_id.clone();
     let client = connect_as(config, None).await?;
+    // The cluster's nodes as they are now (the client follows the membership).
+    let endpoints = client.nodes();
     let mut nodes = Vec::new();
     let mut lines = Vec::new();
     let mut cluster_id = configured_id;
@@ -434,6 +597,8 @@ mod tests {
             leader: Some(1),
             role: "leader".into(),
             term: 1,
+            members: Vec::new(),
+            membership_index: 1,
         };
         let i = ClusterInfo {
             node_id: 1,

@@ -216,6 +216,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::PublicKey { .. } => "public-key",
         Reply::Data(_) => "data",
         Reply::Verified => "verified",
+        Reply::Members(_) => "members",
         _ => "unknown",
     }
 }

@@ -292,6 +292,27 @@ impl Cluster {
         );
     }
 
+    /// As the CO, adds a node with `sealgate cluster add-node` on a free port of 127.0.0.1;
+    /// returns its id. Start it with [`Cluster::start`].
+    pub fn add_node(&mut self) -> u32 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let v = self.sg_json(
+            Some(("admin", CO_PASSWORD)),
+            &["cluster", "add-node", "--port", &port],
+        );
+        assert_eq!(v["ok"], true, "add-node: {v}");
+        let id = u32::try_from(v["data"]["id"].as_u64().unwrap()).unwrap();
+        if self.nodes.len() < id as usize {
+            self.nodes.resize_with(id as usize, || None);
+        }
+        id
+    }
+
     /// As the CO, creates a user.
     pub fn create_user(&self, name: &str, role: &str, password: &str) {
         let out = self.sg_env(

@@ -12,15 +12,45 @@ use rand::RngExt;
 use sealgate_hsm_proto::{Reply, Request, Secret};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+/// Opens connections to `nodes` in parallel; records each failure on its node and the first
+/// in `first_error`.
+async fn open_all(
+    shared: &Shared,
+    nodes: &[Arc<Node>],
+    first_error: &mut Option<ClientError>,
+) -> Vec<(Arc<Node>, Arc<Connection>)> {
+    let opened = join_all(nodes.iter().map(|node| {
+        connection::open(
+            &node.endpoint,
+            &shared.tls,
+            shared.cluster_id.as_deref(),
+            shared.settings.connect_timeout,
+            Arc::clone(&shared.seen),
+        )
+    }))
+    .await;
+    let mut conns = Vec::new();
+    for (node, result) in nodes.iter().zip(opened) {
+        match result {
+            Ok(conn) => conns.push((Arc::clone(node), Arc::new(conn))),
+            Err(error) => {
+                debug!(node = node.id(), "connect failed: {error}");
+                node.record_error(&error);
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    conns
+}
 
 /// Longest wait for a logout answer when closing.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -90,9 +120,7 @@ pub struct Client {
 }
 
 struct Inner {
-    nodes: Vec<Arc<Node>>,
     shared: Arc<Shared>,
-    supervisors: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -119,6 +147,11 @@ impl Client {
     /// password costs one failed login, not one per node; that node's refusal
     /// (`login-failed`, `user-locked`) is returned. Succeeds if at least one node is up; the
     /// others are reconnected in the background.
+    ///
+    /// The configuration's nodes are where the client starts: the first node that answers
+    /// reports the cluster's membership, and the client connects to the nodes added since and
+    /// leaves out those removed. Later changes arrive with the health checks, so a client
+    /// follows nodes being added and removed without a change to its configuration.
     pub async fn connect(
         config: ClientConfig,
         credentials: Option<Credentials>,
@@ -143,46 +176,51 @@ impl Client {
             settings,
             shutdown: CancellationToken::new(),
             changes: watch::Sender::new(()),
-            seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            seen: Arc::new(AtomicU64::new(0)),
+            nodes: RwLock::new(
+                config
+                    .nodes
+                    .into_iter()
+                    .map(|endpoint| Arc::new(Node::new(endpoint)))
+                    .collect(),
+            ),
+            membership_index: AtomicU64::new(0),
+            supervisors: Mutex::new(Vec::new()),
         });
-        let nodes: Vec<Arc<Node>> = config
-            .nodes
-            .into_iter()
-            .map(|endpoint| Arc::new(Node::new(endpoint)))
-            .collect();
         // From here on, an early return drops the client, which ends everything it started.
         let client = Self {
             inner: Arc::new(Inner {
-                nodes,
                 shared: Arc::clone(&shared),
-                supervisors: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),
         };
-        let nodes = &client.inner.nodes;
 
-        let opened = join_all(nodes.iter().map(|node| {
-            connection::open(
-                &node.endpoint,
-                &shared.tls,
-                shared.cluster_id.as_deref(),
-                settings.connect_timeout,
-                Arc::clone(&shared.seen),
-            )
-        }))
-        .await;
         let mut first_error = None;
-        let mut conns: Vec<(&Arc<Node>, Arc<Connection>)> = Vec::new();
-        for (node, result) in nodes.iter().zip(opened) {
-            match result {
-                Ok(conn) => conns.push((node, Arc::new(conn))),
-                Err(error) => {
-                    debug!(node = node.id(), "connect failed: {error}");
-                    node.record_error(&error);
-                    first_error.get_or_insert(error);
+        let mut opened = open_all(&shared, &shared.nodes(), &mut first_error).await;
+        // The membership as the first node that answers knows it: nodes added since the
+        // configuration was written are connected too, removed ones are left out.
+        let health = match opened.first() {
+            Some((_, conn)) => conn
+                .request(&Request::Health, settings.request_timeout)
+                .await
+                .ok(),
+            None => None,
+        };
+        if let Some(Ok(Reply::Health(health))) = health {
+            let added = node::learn(&shared, &health.members, health.membership_index).await;
+            opened.retain(|(node, conn)| {
+                let member = shared.node(node.id()).is_some();
+                if !member {
+                    conn.close("the node was removed from the cluster");
                 }
-            }
+                member
+            });
+            opened.extend(open_all(&shared, &added, &mut first_error).await);
         }
+        let mut conns: Vec<(&Arc<Node>, Arc<Connection>)> = opened
+            .iter()
+            .map(|(node, conn)| (node, Arc::clone(conn)))
+            .collect();
 
         if let Some(credentials) = &shared.credentials {
             // One node first: a wrong password must cost one failed login, not one per node.
@@ -239,11 +277,9 @@ impl Client {
         for (node, conn) in conns {
             node.mark_up(conn);
         }
-        let supervisors = nodes
-            .iter()
-            .map(|node| tokio::spawn(node::supervise(Arc::clone(node), Arc::clone(&shared))))
-            .collect();
-        *lock(&client.inner.supervisors) = supervisors;
+        for node in shared.nodes() {
+            shared.supervise(node);
+        }
         Ok(client)
     }
 
@@ -382,16 +418,20 @@ impl Client {
         self.check(&request)?;
         let node = self
             .inner
-            .nodes
-            .iter()
-            .find(|node| node.id() == node_id)
+            .shared
+            .node(node_id)
             .ok_or(ClientError::UnknownNode { node: node_id })?;
-        node::pinned(node, &request, &self.inner.shared, || node.connection()).await
+        node::pinned(&node, &request, &self.inner.shared, || node.connection()).await
     }
 
-    /// A snapshot of every node, in configuration order.
+    /// A snapshot of every node of the cluster as the client follows it, in id order.
     pub fn nodes(&self) -> Vec<NodeStatus> {
-        self.inner.nodes.iter().map(|node| node.status()).collect()
+        self.inner
+            .shared
+            .nodes()
+            .iter()
+            .map(|node| node.status())
+            .collect()
     }
 
     /// Logs out of every node, closes every connection and stops the background tasks.
@@ -401,9 +441,15 @@ impl Client {
             return;
         }
         self.inner.shared.shutdown.cancel();
-        let supervisors = std::mem::take(&mut *lock(&self.inner.supervisors));
-        for supervisor in supervisors {
-            let _ = supervisor.await;
+        // A task may start another (a node that joined) until it sees the cancellation.
+        loop {
+            let supervisors = std::mem::take(&mut *lock(&self.inner.shared.supervisors));
+            if supervisors.is_empty() {
+                break;
+            }
+            for supervisor in supervisors {
+                let _ = supervisor.await;
+            }
         }
         let logout = self.inner.shared.credentials.is_some();
         let timeout = self
@@ -412,14 +458,20 @@ impl Client {
             .settings
             .request_timeout
             .min(LOGOUT_TIMEOUT);
-        join_all(self.inner.nodes.iter().map(|node| async move {
-            if let Some(conn) = node.take_connection() {
-                if logout {
-                    let _ = conn.request(&Request::Logout, timeout).await;
-                }
-                conn.close_and_wait("the client was closed").await;
-            }
-        }))
+        join_all(
+            self.inner
+                .shared
+                .nodes()
+                .into_iter()
+                .map(|node| async move {
+                    if let Some(conn) = node.take_connection() {
+                        if logout {
+                            let _ = conn.request(&Request::Logout, timeout).await;
+                        }
+                        conn.close_and_wait("the client was closed").await;
+                    }
+                }),
+        )
         .await;
     }
 
@@ -443,8 +495,8 @@ impl Inner {
     /// another node is available: two distinct nodes at random, the one with fewer requests
     /// outstanding.
     fn pick(&self, failed: &[u32], avoid: Option<u32>) -> Option<(Arc<Node>, Arc<Connection>)> {
-        let mut up: Vec<(&Arc<Node>, Arc<Connection>)> = self
-            .nodes
+        let nodes = self.shared.nodes();
+        let mut up: Vec<(&Arc<Node>, Arc<Connection>)> = nodes
             .iter()
             .filter(|node| !failed.contains(&node.id()))
             .filter_map(|node| node.connection().map(|conn| (node, conn)))
@@ -475,7 +527,8 @@ impl Inner {
 
     /// Whether a node not in `failed` may still come up (it is not parked).
     fn may_come_up(&self, failed: &[u32]) -> bool {
-        self.nodes
+        self.shared
+            .nodes()
             .iter()
             .any(|node| !failed.contains(&node.id()) && !node.is_parked())
     }

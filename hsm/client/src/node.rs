@@ -6,11 +6,12 @@ use crate::config::NodeEndpoint;
 use crate::connection::{self, Connection, Failure, lock};
 use crate::error::ClientError;
 use rand::RngExt;
-use sealgate_hsm_proto::{ErrorKind, Reply, Request};
+use sealgate_hsm_proto::{ErrorKind, Member, Reply, Request};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,13 @@ pub(crate) struct Shared {
     pub(crate) changes: watch::Sender<()>,
     /// The highest log index the cluster answered with (read-your-writes; see the connection).
     pub(crate) seen: Arc<AtomicU64>,
+    /// Every node of the cluster, in id order: those of the configuration, then as the
+    /// nodes' health answers report the membership ([`learn`]).
+    pub(crate) nodes: RwLock<Vec<Arc<Node>>>,
+    /// The log index of the membership `nodes` follows (0: the configuration's).
+    pub(crate) membership_index: AtomicU64,
+    /// The nodes' background tasks.
+    pub(crate) supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -55,6 +63,85 @@ impl Shared {
     fn node_changed(&self) {
         self.changes.send_replace(());
     }
+
+    /// Every node now.
+    pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Node `id`, if the client knows it.
+    pub(crate) fn node(&self, id: u32) -> Option<Arc<Node>> {
+        self.nodes
+            .read()
+            .ok()
+            .and_then(|nodes| nodes.iter().find(|n| n.id() == id).cloned())
+    }
+
+    /// Starts `node`'s background task (none once the client is closing).
+    pub(crate) fn supervise(self: &Arc<Self>, node: Arc<Node>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let task = tokio::spawn(supervise(node, Arc::clone(self)));
+        lock(&self.supervisors).push(task);
+    }
+}
+
+/// Follows the cluster's membership as a node reported it (`members` at log index `index`):
+/// nodes that left are retired (their connection closed, their task ended), new ones added
+/// (not connected yet; the caller connects them or starts their task). Only a membership newer
+/// than the last one followed counts, so a node that missed a change (one that was removed,
+/// say) cannot undo it. Returns the new nodes.
+pub(crate) async fn learn(shared: &Shared, members: &[Member], index: u64) -> Vec<Arc<Node>> {
+    if members.is_empty() || shared.membership_index.fetch_max(index, Ordering::AcqRel) >= index {
+        return Vec::new();
+    }
+    let known = shared.nodes();
+    let mut added = Vec::new();
+    for member in members {
+        if known.iter().any(|n| n.id() == member.id) {
+            continue;
+        }
+        let Some(address) = tokio::net::lookup_host(&member.address)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+        else {
+            warn!(node = member.id, address = %member.address, "cannot resolve a new member's address");
+            continue;
+        };
+        let host = member
+            .address
+            .rsplit_once(':')
+            .map_or(member.address.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        info!(node = member.id, %address, "a node joined the cluster");
+        added.push(Arc::new(Node::new(NodeEndpoint {
+            id: member.id,
+            address,
+            server_name: host.to_owned(),
+        })));
+    }
+    let Ok(mut nodes) = shared.nodes.write() else {
+        return Vec::new();
+    };
+    nodes.retain(|node| {
+        let member = members.iter().any(|m| m.id == node.id());
+        if !member {
+            node.retire();
+        }
+        member
+    });
+    for node in &added {
+        if !nodes.iter().any(|n| n.id() == node.id()) {
+            nodes.push(Arc::clone(node));
+        }
+    }
+    nodes.sort_by_key(|n| n.id());
+    drop(nodes);
+    shared.node_changed();
+    added
 }
 
 #[derive(Default)]
@@ -69,6 +156,8 @@ struct NodeState {
     /// The node went down because it ended the client's session ([`Node::end_session`]);
     /// read (and cleared) by the background task to choose its reconnect wait.
     session_ended: bool,
+    /// The node left the cluster: no more connections to it.
+    retired: bool,
 }
 
 /// One node.
@@ -178,6 +267,25 @@ impl Node {
 
     pub(crate) fn is_parked(&self) -> bool {
         lock(&self.state).parked
+    }
+
+    /// The node left the cluster: closes its connection (requests in flight on it fail over
+    /// or are interrupted) and ends its background task.
+    pub(crate) fn retire(&self) {
+        let conn = {
+            let mut state = lock(&self.state);
+            state.retired = true;
+            state.last_error = Some("removed from the cluster".to_owned());
+            state.conn.take()
+        };
+        info!(node = self.id(), "the node left the cluster");
+        if let Some(conn) = conn {
+            conn.close("the node was removed from the cluster");
+        }
+    }
+
+    fn is_retired(&self) -> bool {
+        lock(&self.state).retired
     }
 
     /// Sends one request on `conn`, counting it.
@@ -446,6 +554,9 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
     let mut last_wait = Duration::ZERO;
     let mut up_since = Instant::now();
     loop {
+        if node.is_retired() {
+            return;
+        }
         let current = lock(&node.state).conn.clone();
         if let Some(conn) = current {
             tokio::select! {
@@ -460,7 +571,14 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
                         check = conn.request(&Request::Health, settings.request_timeout) => check,
                     };
                     let problem = match check {
-                        Ok(Ok(Reply::Health(_))) => None,
+                        Ok(Ok(Reply::Health(health))) => {
+                            let added =
+                                learn(&shared, &health.members, health.membership_index).await;
+                            for new in added {
+                                shared.supervise(new);
+                            }
+                            None
+                        }
                         Ok(Ok(_)) => Some("health check: unexpected answer".to_owned()),
                         Ok(Err(error)) => Some(format!("health check refused: {error}")),
                         Err(Failure::Timeout { .. }) => Some(format!(
@@ -493,6 +611,10 @@ pub(crate) async fn supervise(node: Arc<Node>, shared: Arc<Shared>) {
             attempt = establish(&node, &shared) => attempt,
         };
         match attempt {
+            Ok(conn) if node.is_retired() => {
+                conn.close("the node was removed from the cluster");
+                return;
+            }
             Ok(conn) => {
                 last_wait = backoff;
                 backoff = RECONNECT_MIN;

@@ -537,6 +537,17 @@ impl Engine {
         self.meta.applied
     }
 
+    /// Whether the cluster was initialized (a node that is joining a cluster is not until it
+    /// receives the cluster's state).
+    pub fn is_initialized(&self) -> bool {
+        self.meta.cluster_uid.is_some()
+    }
+
+    /// The cluster's id, once initialized.
+    pub fn cluster_uid(&self) -> Option<ObjectUid> {
+        self.meta.cluster_uid
+    }
+
     // ----- sessions ------------------------------------------------------------------------
 
     /// Opens an unauthenticated session.

@@ -27,13 +27,18 @@ pub struct NodeFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
+    /// A node added to a running cluster (`sealgate cluster add-node` sets it): it never
+    /// starts a raft group and never creates a master key; on its first start it fetches the
+    /// cluster's domain key from a member over mutual TLS, then receives the cluster's state.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// `[[cluster.members]]`.
     pub members: Vec<MemberSection>,
 }
 
 impl ClusterSection {
     fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.is_empty() && !self.join
     }
 }
 
@@ -137,6 +142,8 @@ pub struct NodeConfig {
     /// The nodes of the cluster (id, `host:port`), this one included; empty for a cluster of
     /// one.
     pub members: Vec<(u32, String)>,
+    /// `[cluster] join`: the node joins a running cluster (see [`ClusterSection::join`]).
+    pub join: bool,
 }
 
 /// Why a node configuration was refused. Every message names the file and, where it applies,
@@ -178,6 +185,10 @@ const MAX_IN_FLIGHT_LIMIT: usize = 1 << 16;
 /// Largest cluster (CloudHSM's limit).
 pub const MAX_NODES: u32 = 28;
 
+/// Largest node id. Ids of removed nodes are never reused (their certificates stay valid),
+/// so ids go beyond the cluster's size.
+pub const MAX_NODE_ID: u32 = 65_535;
+
 impl NodeConfig {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, NodeConfigError> {
@@ -200,8 +211,8 @@ impl NodeConfig {
             key,
             reason,
         };
-        if file.node.id == 0 || file.node.id > MAX_NODES {
-            return Err(invalid("node.id", "must be between 1 and 28"));
+        if file.node.id == 0 || file.node.id > MAX_NODE_ID {
+            return Err(invalid("node.id", "must be between 1 and 65535"));
         }
         let listen: SocketAddr = file
             .node
@@ -242,8 +253,8 @@ impl NodeConfig {
         }
         let mut members: Vec<(u32, String)> = Vec::new();
         for m in &file.cluster.members {
-            if m.id == 0 || m.id > MAX_NODES {
-                return Err(invalid("cluster.members.id", "must be between 1 and 28"));
+            if m.id == 0 || m.id > MAX_NODE_ID {
+                return Err(invalid("cluster.members.id", "must be between 1 and 65535"));
             }
             if members.iter().any(|(id, _)| *id == m.id) {
                 return Err(invalid("cluster.members.id", "duplicate node id"));
@@ -259,6 +270,15 @@ impl NodeConfig {
                 "must include this node (node.id)",
             ));
         }
+        if members.len() > MAX_NODES as usize {
+            return Err(invalid("cluster.members", "a cluster has at most 28 nodes"));
+        }
+        if file.cluster.join && members.len() < 2 {
+            return Err(invalid(
+                "cluster.join",
+                "a joining node needs the members it joins (cluster.members)",
+            ));
+        }
         if limits.crypto_threads == 0 {
             limits.crypto_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         }
@@ -271,6 +291,7 @@ impl NodeConfig {
             key: base.join(&file.tls.key),
             limits,
             members,
+            join: file.cluster.join,
         })
     }
 
@@ -317,10 +338,11 @@ key = "node-2/node-key.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("foo"), "{err}");
-        let file: NodeFile = toml::from_str(&SAMPLE.replace("id = 2", "id = 40")).expect("parses");
+        let file: NodeFile =
+            toml::from_str(&SAMPLE.replace("id = 2", "id = 70000")).expect("parses");
         let err = NodeConfig::from_file(file, Path::new("."), Path::new("n.toml"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "n.toml: node.id: must be between 1 and 28");
+        assert_eq!(err, "n.toml: node.id: must be between 1 and 65535");
     }
 }

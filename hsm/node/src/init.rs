@@ -577,6 +577,59 @@ fn initialize_store(
         .ok_or_else(|| engine_error(EngineError::NotInitialized.into()))
 }
 
+/// Writes `node-{id}.toml` at `path` under a `header` comment.
+fn write_node_config(
+    created: &mut Created,
+    path: &Path,
+    header: &str,
+    id: u32,
+    listen: SocketAddr,
+    cluster: ClusterSection,
+) -> Result<(), InitError> {
+    let file = NodeFile {
+        node: NodeSection {
+            id,
+            listen: listen.to_string(),
+            data_dir: PathBuf::from(format!("node-{id}")),
+        },
+        tls: TlsSection {
+            ca: PathBuf::from(CA_CERT),
+            cert: PathBuf::from(format!("node-{id}/{NODE_CERT}")),
+            key: PathBuf::from(format!("node-{id}/{NODE_KEY}")),
+        },
+        limits: LimitsSection::default(),
+        cluster,
+    };
+    write_new(
+        created,
+        path,
+        toml_text(header, &file, path)?.as_bytes(),
+        0o644,
+    )
+}
+
+/// Issues node `id`'s certificate (CN `sealgate node {id}`, server and client use) and
+/// writes it and its key into `node_dir`.
+fn issue_node_cert(
+    created: &mut Created,
+    issuer: &Issuer<'_, KeyPair>,
+    node_dir: &Path,
+    id: u32,
+    host: &Host,
+) -> Result<(), InitError> {
+    issue_leaf(
+        created,
+        issuer,
+        (&node_dir.join(NODE_CERT), &node_dir.join(NODE_KEY)),
+        &format!("sealgate node {id}"),
+        host.sans(),
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
+}
+
 /// Writes the whole cluster; every file and directory it creates is recorded in `created`.
 fn write_cluster(
     opts: &InitOptions,
@@ -624,17 +677,7 @@ fn write_cluster(
     for &id in &ids {
         let nd = node_dir(id);
         create_dir(created, &nd)?;
-        issue_leaf(
-            created,
-            &issuer,
-            (&nd.join(NODE_CERT), &nd.join(NODE_KEY)),
-            &format!("sealgate node {id}"),
-            host.sans(),
-            &[
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        )?;
+        issue_node_cert(created, &issuer, &nd, id, host)?;
     }
 
     // The engine, initialized once in node 1, then cloned with its master key.
@@ -663,38 +706,20 @@ fn write_cluster(
         ),
     };
     let port_of = |id: u32| u16::try_from(u32::from(opts.base_port) + id - 1).unwrap_or(u16::MAX);
-    // Every node knows every other for replication (a cluster of one needs no list).
-    let members = if ids.len() > 1 {
-        ids.iter()
-            .map(|&id| MemberSection {
-                id,
-                address: host.address(port_of(id)),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // Every node knows every other for replication (and a cluster of one, its own address,
+    // which nodes added later use to reach it).
+    let members: Vec<MemberSection> = ids
+        .iter()
+        .map(|&id| MemberSection {
+            id,
+            address: host.address(port_of(id)),
+        })
+        .collect();
     let mut node_configs = Vec::with_capacity(ids.len());
     let mut client_nodes = Vec::with_capacity(ids.len());
     for &id in &ids {
         let port = port_of(id);
         let path = dir.join(format!("node-{id}.toml"));
-        let file = NodeFile {
-            node: NodeSection {
-                id,
-                listen: host.listen(port).to_string(),
-                data_dir: PathBuf::from(format!("node-{id}")),
-            },
-            tls: TlsSection {
-                ca: PathBuf::from(CA_CERT),
-                cert: PathBuf::from(format!("node-{id}/{NODE_CERT}")),
-                key: PathBuf::from(format!("node-{id}/{NODE_KEY}")),
-            },
-            limits: LimitsSection::default(),
-            cluster: ClusterSection {
-                members: members.clone(),
-            },
-        };
         let header = format!(
             "sealgate HSM node {id} of cluster {cluster_id},\n\
              written by `sealgate cluster init`. Start it with\n\
@@ -702,12 +727,11 @@ fn write_cluster(
              file's directory; node-{id}/ holds the node's store, master key and TLS key.\n\
              {dns_note}"
         );
-        write_new(
-            created,
-            &path,
-            toml_text(&header, &file, &path)?.as_bytes(),
-            0o644,
-        )?;
+        let cluster = ClusterSection {
+            join: false,
+            members: members.clone(),
+        };
+        write_node_config(created, &path, &header, id, host.listen(port), cluster)?;
         node_configs.push(path);
         client_nodes.push(sealgate_hsm_client::NodeSection {
             id,
@@ -750,6 +774,217 @@ fn write_cluster(
         node_configs,
         preco_password_file: preco_path,
         ca_cert: ca_cert_path,
+    })
+}
+
+/// What `sealgate cluster add-node` asks for: a node to add to the cluster whose files are
+/// in `dir` (the directory `cluster init` wrote, which holds the CA key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddNodeOptions {
+    /// The cluster's directory.
+    pub dir: PathBuf,
+    /// The cluster's members now (id, `host:port`), as the nodes report them.
+    pub members: Vec<(u32, String)>,
+    /// The new node's id; by default one above every id in use or ever used in `dir`.
+    pub id: Option<u32>,
+    /// Its host; by default the host of the member with the highest id.
+    pub host: Option<String>,
+    /// Its port; by default one above the highest port of the members on that host.
+    pub port: Option<u16>,
+}
+
+/// The files written for a new node. Dropping it before [`AddedNode::keep`] removes them
+/// again (the cluster refused the node, say).
+#[derive(Debug)]
+pub struct AddedNode {
+    /// The node's id.
+    pub id: u32,
+    /// Where the others and clients reach it.
+    pub address: String,
+    /// Its `node-{id}.toml`.
+    pub config: PathBuf,
+    created: Created,
+}
+
+impl AddedNode {
+    /// Keeps the files.
+    pub fn keep(mut self) {
+        self.created.keep();
+    }
+}
+
+/// Why `add_node_files` refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddNodeError {
+    /// Writing failed (as for `cluster init`).
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// The CA's certificate or key could not be used.
+    #[error("{path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The options do not fit the cluster.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The ids named by `node-{id}` entries in `dir` (configurations and data directories,
+/// including those of removed nodes, whose certificates remain valid).
+fn ids_in(dir: &Path) -> Result<Vec<u32>, InitError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(rest) = name.strip_prefix("node-") {
+            let digits = rest.strip_suffix(".toml").unwrap_or(rest);
+            if let Ok(id) = digits.parse::<u32>() {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Splits `host:port`.
+fn split_address(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
+/// Writes a new node's certificate (signed with the cluster CA's key in `opts.dir`), its
+/// directory and its `node-{id}.toml` (`[cluster] join = true`, the members to ask for the
+/// domain key). Writes no master key and no store: the node gets both from the cluster.
+pub fn add_node_files(opts: &AddNodeOptions) -> Result<AddedNode, AddNodeError> {
+    let dir = opts.dir.as_path();
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    let used = ids_in(dir)?;
+    let highest = opts
+        .members
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(used.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let id = opts.id.unwrap_or(highest + 1);
+    if id == 0 || id > crate::config::MAX_NODE_ID {
+        return Err(AddNodeError::Invalid(format!(
+            "node ids are 1 to {}, not {id}",
+            crate::config::MAX_NODE_ID
+        )));
+    }
+    if opts.members.iter().any(|(m, _)| *m == id) || used.contains(&id) {
+        return Err(AddNodeError::Invalid(format!(
+            "node id {id} is in use or was used in {} (ids of removed nodes are not reused: \
+             their certificates remain valid)",
+            dir.display()
+        )));
+    }
+    if opts.members.len() >= MAX_NODES as usize {
+        return Err(AddNodeError::Invalid(format!(
+            "the cluster has {} nodes, the most it can have",
+            opts.members.len()
+        )));
+    }
+    let newest = opts
+        .members
+        .iter()
+        .max_by_key(|(id, _)| *id)
+        .and_then(|(_, address)| split_address(address));
+    let host_text = match (&opts.host, newest) {
+        (Some(h), _) => h.clone(),
+        (None, Some((h, _))) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        (None, None) => DEFAULT_HOST.to_owned(),
+    };
+    let host = Host::parse(&host_text)?;
+    let port = match opts.port {
+        Some(p) if p > 0 => p,
+        Some(_) => return Err(AddNodeError::Invalid("the port must not be 0".into())),
+        None => {
+            let top = opts
+                .members
+                .iter()
+                .filter_map(|(_, a)| split_address(a))
+                .filter(|(h, _)| h.trim_start_matches('[').trim_end_matches(']') == host_text)
+                .map(|(_, p)| p)
+                .max()
+                .unwrap_or(DEFAULT_BASE_PORT - 1);
+            top.checked_add(1).ok_or_else(|| {
+                AddNodeError::Invalid(
+                    "no port is left above the members' ports; give --port".into(),
+                )
+            })?
+        }
+    };
+    let address = host.address(port);
+    if opts.members.iter().any(|(_, a)| *a == address) {
+        return Err(AddNodeError::Invalid(format!(
+            "{address} is already a member's address"
+        )));
+    }
+
+    let ca_error = |path: &Path, reason: String| AddNodeError::Ca {
+        path: path.to_owned(),
+        reason,
+    };
+    let ca_pem =
+        fs::read_to_string(&ca_cert_path).map_err(|e| ca_error(&ca_cert_path, e.to_string()))?;
+    let key_pem = Zeroizing::new(
+        fs::read_to_string(&ca_key_path).map_err(|e| ca_error(&ca_key_path, e.to_string()))?,
+    );
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| ca_error(&ca_key_path, e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| ca_error(&ca_cert_path, e.to_string()))?;
+
+    let mut created = Created::default();
+    let node_dir = dir.join(format!("node-{id}"));
+    let config = dir.join(format!("node-{id}.toml"));
+    create_dir(&mut created, &node_dir)?;
+    issue_node_cert(&mut created, &issuer, &node_dir, id, &host)?;
+    let mut members: Vec<MemberSection> = opts
+        .members
+        .iter()
+        .map(|(id, address)| MemberSection {
+            id: *id,
+            address: address.clone(),
+        })
+        .collect();
+    members.push(MemberSection {
+        id,
+        address: address.clone(),
+    });
+    let header = format!(
+        "sealgate HSM node {id}, added to a running cluster by `sealgate cluster add-node`.\n\
+         Start it with `sealgate node --config node-{id}.toml`: it asks the members for the\n\
+         cluster's domain key (over mutual TLS, with its certificate), receives the cluster's\n\
+         state as a snapshot, and becomes a voter once it has caught up. Relative paths are\n\
+         relative to this file's directory.\n"
+    );
+    let cluster = ClusterSection {
+        join: true,
+        members,
+    };
+    write_node_config(
+        &mut created,
+        &config,
+        &header,
+        id,
+        host.listen(port),
+        cluster,
+    )?;
+    for d in [node_dir.as_path(), dir] {
+        File::open(d).and_then(|f| f.sync_all()).map_err(io(d))?;
+    }
+    Ok(AddedNode {
+        id,
+        address,
+        config,
+        created,
     })
 }
 
@@ -1105,6 +1340,103 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["node-2"], "only the file that was there before");
+    }
+
+    fn members_of(dir: &Path, ids: &[u32]) -> Vec<(u32, String)> {
+        ids.iter()
+            .map(|&id| {
+                let cfg = NodeConfig::load(&dir.join(format!("node-{id}.toml"))).unwrap();
+                (id, cfg.listen.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_added_node_gets_the_next_id_and_port_a_certificate_and_no_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init_cluster(&InitOptions {
+            base_port: 4300,
+            ..InitOptions::new(dir, 3)
+        })
+        .unwrap();
+        let opts = AddNodeOptions {
+            dir: dir.to_owned(),
+            members: members_of(dir, &[1, 2, 3]),
+            id: None,
+            host: None,
+            port: None,
+        };
+        let added = add_node_files(&opts).unwrap();
+        assert_eq!((added.id, added.address.as_str()), (4, "127.0.0.1:4303"));
+        added.keep();
+        let cfg = NodeConfig::load(&dir.join("node-4.toml")).unwrap();
+        assert!(cfg.join);
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:4303");
+        assert_eq!(cfg.members.len(), 4);
+        assert!(!dir.join("node-4/master.key").exists());
+        assert!(!dir.join("node-4/store.redb").exists());
+        assert_eq!(mode(&dir.join("node-4/node-key.pem")), 0o600);
+        // The certificate chains to the cluster CA and names node 4.
+        let node = cert(&dir.join("node-4/node.pem"));
+        assert_eq!(crate::tls::peer_node_id(node.as_ref()), Some(4));
+        crate::tls::server_config(&cfg.ca, &cfg.cert, &cfg.key).unwrap();
+
+        // Node 4 removed (no longer a member): its id is still not reused.
+        let again = add_node_files(&opts).unwrap();
+        assert_eq!(again.id, 5);
+        let taken = add_node_files(&AddNodeOptions {
+            id: Some(4),
+            ..opts.clone()
+        })
+        .unwrap_err();
+        assert!(taken.to_string().contains("node id 4 is in use"), "{taken}");
+        // Not kept: its files go away.
+        drop(again);
+        assert!(!dir.join("node-5").exists());
+        assert!(!dir.join("node-5.toml").exists());
+    }
+
+    #[test]
+    fn add_node_refuses_a_full_cluster_a_taken_address_and_a_missing_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init_cluster(&InitOptions::new(dir, 1)).unwrap();
+        let base = AddNodeOptions {
+            dir: dir.to_owned(),
+            members: members_of(dir, &[1]),
+            id: None,
+            host: None,
+            port: None,
+        };
+        let full = AddNodeOptions {
+            members: (1..=28)
+                .map(|i| (i, format!("127.0.0.1:{}", 5000 + i)))
+                .collect(),
+            ..base.clone()
+        };
+        let err = add_node_files(&full).unwrap_err().to_string();
+        assert!(err.contains("28 nodes"), "{err}");
+        let port = base.members[0]
+            .1
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let err = add_node_files(&AddNodeOptions {
+            port: Some(port),
+            ..base.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("already a member's address"), "{err}");
+        let before = tree(dir);
+        fs::rename(dir.join("ca-key.pem"), dir.join("moved")).unwrap();
+        let err = add_node_files(&base).unwrap_err().to_string();
+        assert!(err.contains("ca-key.pem"), "{err}");
+        fs::rename(dir.join("moved"), dir.join("ca-key.pem")).unwrap();
+        assert_eq!(tree(dir), before, "nothing written");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod config;
 mod convert;
 pub mod init;
+mod join;
 mod master_key;
 mod pool;
 pub mod raft;
@@ -18,8 +19,8 @@ mod store;
 mod tls;
 
 pub use config::{
-    ClusterSection, LimitsSection, MAX_NODES, MemberSection, NodeConfig, NodeConfigError, NodeFile,
-    NodeSection, TlsSection,
+    ClusterSection, LimitsSection, MAX_NODE_ID, MAX_NODES, MemberSection, NodeConfig,
+    NodeConfigError, NodeFile, NodeSection, TlsSection,
 };
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
 pub use server::{NodeError, NodeHandle, run, start};

@@ -66,14 +66,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterKeyError + '_ {
     }
 }
 
-fn parse(text: &str, origin: String) -> Result<MasterKey, MasterKeyError> {
-    let bytes =
-        Zeroizing::new(
-            hex::decode(text.trim()).map_err(|_| MasterKeyError::Malformed {
-                origin: origin.clone(),
-            })?,
-        );
-    MasterKey::from_bytes(&bytes).map_err(|_| MasterKeyError::Malformed { origin })
+/// A master key's 32 bytes, zeroized when dropped.
+pub(crate) type RawKey = Zeroizing<[u8; 32]>;
+
+fn parse(text: &str, origin: String) -> Result<Zeroizing<[u8; 32]>, MasterKeyError> {
+    let malformed = || MasterKeyError::Malformed {
+        origin: origin.clone(),
+    };
+    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| malformed())?);
+    let mut raw = Zeroizing::new([0u8; 32]);
+    if bytes.len() != raw.len() {
+        return Err(malformed());
+    }
+    raw.copy_from_slice(&bytes);
+    Ok(raw)
+}
+
+fn key(raw: &[u8; 32], origin: impl FnOnce() -> String) -> Result<MasterKey, MasterKeyError> {
+    MasterKey::from_bytes(raw).map_err(|_| MasterKeyError::Malformed { origin: origin() })
 }
 
 /// Loads the master key: from `env_value` (the value of [`MASTER_KEY_ENV`], if set), else from
@@ -82,11 +92,26 @@ pub fn load_or_create_master_key(
     path: &Path,
     env_value: Option<&str>,
 ) -> Result<(MasterKey, MasterKeySource), MasterKeyError> {
+    if let Some((raw, source)) = load_master_key_bytes(path, env_value)? {
+        return Ok((key(&raw, || path.display().to_string())?, source));
+    }
+    let (master, raw) = MasterKey::generate().map_err(|_| MasterKeyError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other("random number generator failed"),
+    })?;
+    write_master_key(path, &raw)?;
+    Ok((master, MasterKeySource::Created(path.to_owned())))
+}
+
+/// The master key's bytes from `env_value` or the file at `path`, or `None` if neither holds
+/// one (the file does not exist). A node keeps them to hand the key to a joining node.
+pub(crate) fn load_master_key_bytes(
+    path: &Path,
+    env_value: Option<&str>,
+) -> Result<Option<(RawKey, MasterKeySource)>, MasterKeyError> {
     if let Some(value) = env_value {
-        return Ok((
-            parse(value, MASTER_KEY_ENV.to_owned())?,
-            MasterKeySource::Environment,
-        ));
+        let raw = parse(value, MASTER_KEY_ENV.to_owned())?;
+        return Ok(Some((raw, MasterKeySource::Environment)));
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_file() => Err(MasterKeyError::NotAFile {
@@ -101,39 +126,38 @@ pub fn load_or_create_master_key(
                 });
             }
             let text = Zeroizing::new(fs::read_to_string(path).map_err(io(path))?);
-            let key = parse(&text, path.display().to_string())?;
-            Ok((key, MasterKeySource::File(path.to_owned())))
+            let raw = parse(&text, path.display().to_string())?;
+            Ok(Some((raw, MasterKeySource::File(path.to_owned()))))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir).map_err(io(dir))?;
-            }
-            let (key, raw) = MasterKey::generate().map_err(|_| MasterKeyError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::other("random number generator failed"),
-            })?;
-            let mut text = Zeroizing::new(hex::encode(&raw[..]));
-            text.push('\n');
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io(path))?;
-            file.write_all(text.as_bytes()).map_err(io(path))?;
-            file.sync_all().map_err(io(path))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io(dir))?;
-            }
-            Ok((key, MasterKeySource::Created(path.to_owned())))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(MasterKeyError::Io {
             path: path.to_owned(),
             source: e,
         }),
     }
+}
+
+/// Writes `raw` as a new key file at `path` (mode 0600, never replacing a file), durably.
+pub(crate) fn write_master_key(path: &Path, raw: &[u8; 32]) -> Result<(), MasterKeyError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let mut text = Zeroizing::new(hex::encode(raw));
+    text.push('\n');
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(text.as_bytes()).map_err(io(path))?;
+    file.sync_all().map_err(io(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

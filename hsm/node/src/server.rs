@@ -10,7 +10,9 @@
 //! connections are not affected.
 
 use crate::config::NodeConfig;
-use crate::master_key::{MASTER_KEY_ENV, MasterKeyError, load_or_create_master_key};
+use crate::master_key::{
+    MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_master_key_bytes, write_master_key,
+};
 use crate::pool::{CryptoPool, Job, Outbox};
 use crate::raft::{EngineStateMachine, PeerNetwork, Raft, RaftLogStore, Replica};
 use crate::service::Hsm;
@@ -19,6 +21,7 @@ use crate::tls::{self, TlsError};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use openraft::BasicNode;
+use sealgate_hsm_core::crypto::MasterKey;
 use sealgate_hsm_core::{EngineConfig, SessionId, StoreError};
 use sealgate_hsm_proto::{
     self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, Welcome,
@@ -37,6 +40,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDel
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
+use zeroize::Zeroizing;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +82,17 @@ pub enum NodeError {
     /// Replication could not start.
     #[error("cannot start replication: {0}")]
     Raft(String),
+    /// A joining node could not get the cluster's domain key.
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
 }
 
 /// What connections share.
 struct Shared {
     hsm: Arc<Hsm>,
     config: NodeConfig,
+    /// The cluster's domain key (the storage master key), handed to joining nodes.
+    domain_key: Zeroizing<[u8; 32]>,
     acceptor: TlsAcceptor,
     /// Runs every engine call.
     pool: CryptoPool,
@@ -136,9 +145,42 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let env_key = std::env::var(MASTER_KEY_ENV).ok();
-    let (master, source) =
-        load_or_create_master_key(&config.master_key_path(), env_key.as_deref())?;
+    let network = PeerNetwork::new(tls::peer_client_config(
+        &config.ca,
+        &config.cert,
+        &config.key,
+    )?);
+    let env_key = Zeroizing::new(std::env::var(MASTER_KEY_ENV).ok());
+    let key_path = config.master_key_path();
+    let (domain_key, source) = match load_master_key_bytes(&key_path, env_key.as_deref())? {
+        Some(found) => found,
+        None => {
+            let raw = if config.join {
+                info!(
+                    node = config.id,
+                    "joining the cluster: asking the members for its domain key"
+                );
+                crate::join::fetch_domain_key(
+                    config.id,
+                    &config.members,
+                    &network,
+                    crate::join::JOIN_TIMEOUT,
+                )
+                .await?
+            } else {
+                let (_, raw) = MasterKey::generate().map_err(|_| MasterKeyError::Io {
+                    path: key_path.clone(),
+                    source: std::io::Error::other("random number generator failed"),
+                })?;
+                raw
+            };
+            write_master_key(&key_path, &raw)?;
+            (raw, MasterKeySource::Created(key_path.clone()))
+        }
+    };
+    let master = MasterKey::from_bytes(&domain_key[..]).map_err(|_| MasterKeyError::Malformed {
+        origin: key_path.display().to_string(),
+    })?;
     debug!(?source, "master key loaded");
     let store_path = config.store_path();
     let store_error = |source| NodeError::Store {
@@ -169,15 +211,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         address: config.listen,
         source,
     })?;
-    let network = PeerNetwork::new(tls::peer_client_config(
-        &config.ca,
-        &config.cert,
-        &config.key,
-    )?);
     let raft = start_raft(
         node_id,
         local_addr,
         &config.members,
+        config.join,
         network.clone(),
         database,
         Arc::clone(&replica),
@@ -187,7 +225,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config.id,
         replica,
         raft.clone(),
-        network,
+        network.clone(),
         tokio::runtime::Handle::current(),
         config.limits.crypto_threads,
     ));
@@ -201,6 +239,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         pool,
         hsm,
         config,
+        domain_key,
         acceptor,
         connections: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
@@ -218,6 +257,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         "node listening"
     );
     let shutdown = shared.shutdown.clone();
+    tokio::spawn(crate::raft::promote_learners(
+        raft.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::raft::watch_removal(
+        raft.clone(),
+        network,
+        shared.hsm.removed_flag(),
+        shutdown.clone(),
+    ));
     let done = tokio::spawn(accept_loop(shared, listener));
     Ok(NodeHandle {
         local_addr,
@@ -229,12 +278,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 
 /// Starts this node's raft: the log in `database`, the engine (`replica`) as state machine,
 /// `network` to reach the other `members`. A node whose log is empty and whose id is the
-/// smallest of the members starts the group; the others wait to be contacted. A cluster of one
-/// waits until it leads itself before serving.
+/// smallest of the members starts the group; the others (and a node that `join`s a running
+/// cluster) wait to be contacted. A cluster of one waits until it leads itself before serving.
 async fn start_raft(
     node_id: u64,
     address: SocketAddr,
     members: &[(u32, String)],
+    join: bool,
     network: PeerNetwork,
     database: Arc<redb::Database>,
     replica: Arc<std::sync::RwLock<Replica>>,
@@ -270,12 +320,29 @@ async fn start_raft(
             .collect()
     };
     let first = members.keys().next().copied();
-    if first == Some(node_id) && !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+    let fresh = !raft.is_initialized().await.map_err(|e| raft_error(&e))?;
+    if !join && fresh && first == Some(node_id) {
         raft.initialize(members.clone())
             .await
             .map_err(|e| raft_error(&e))?;
     }
-    if members.len() == 1 {
+    // A cluster of one (as configured when new, else as its log says: it may have grown
+    // since) waits until it leads itself before serving.
+    let alone = if fresh {
+        members.len() == 1 && !join
+    } else {
+        let metrics = raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.membership_config.membership().nodes().next().is_some(),
+                "the stored membership is loaded",
+            )
+            .await
+            .map_err(|e| raft_error(&e))?;
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        voters == [node_id]
+    };
+    if alone {
         raft.wait(Some(Duration::from_secs(15)))
             .current_leader(node_id, "this node leads its raft group")
             .await
@@ -512,7 +579,16 @@ async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let writer = tokio::spawn(write_frames(sink, rx, peer, write_timeout));
 
-    if hello(shared, &mut reader, &tx, peer, handshake).await {
+    if hello(
+        shared,
+        &mut reader,
+        &tx,
+        peer,
+        handshake,
+        peer_node.is_some(),
+    )
+    .await
+    {
         if peer_node.is_some() {
             // A peer node sends raft messages and health checks only: no engine session (an
             // engine request from it finds no session and is refused as not logged in).
@@ -541,6 +617,7 @@ async fn hello<S: AsyncRead>(
     tx: &mpsc::Sender<Bytes>,
     peer: SocketAddr,
     deadline: Duration,
+    from_node: bool,
 ) -> bool {
     let frame = match tokio::time::timeout(deadline, reader.next()).await {
         Ok(Some(Ok(bytes))) => bytes,
@@ -560,6 +637,10 @@ async fn hello<S: AsyncRead>(
             request: Request::Hello(h),
             ..
         }) => match proto::negotiate(h.min_version, h.max_version) {
+            // A node that is joining or was removed serves its peers only.
+            Some(_) if !from_node && shared.hsm.serving().is_err() => {
+                (id, shared.hsm.serving().map(|()| Reply::Done))
+            }
             Some(version) => {
                 debug!(%peer, client = ?h.client, version, "hello");
                 let limits = &shared.config.limits;
@@ -699,6 +780,10 @@ async fn serve_requests<S: AsyncRead>(
                     ));
                     continue;
                 };
+                if rpc == proto::RaftRpc::DomainKey {
+                    answers.push(response(id, domain_key(shared, from)));
+                    continue;
+                }
                 let (hsm, answer) = (Arc::clone(&shared.hsm), tx.clone());
                 tokio::spawn(async move {
                     let result = crate::raft::serve(hsm.raft(), rpc, &payload)
@@ -717,6 +802,7 @@ async fn serve_requests<S: AsyncRead>(
             jobs.push(Box::new(move |outbox: &mut Outbox| {
                 let name = request.name();
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    hsm.serving()?;
                     // Read-your-writes: first catch up with what the client has seen.
                     hsm.wait_applied(min_index)?;
                     hsm.handle(session, request)
@@ -756,8 +842,37 @@ async fn serve_requests<S: AsyncRead>(
     let _ = tokio::time::timeout(grace, in_flight.acquire_many(all)).await;
 }
 
+/// The domain key, for node `from` if it is a member of the cluster (added by a crypto
+/// officer); its certificate was checked against the cluster CA by the TLS handshake.
+fn domain_key(shared: &Shared, from: u32) -> Result<Reply, proto::Error> {
+    let metrics = shared.hsm.raft().metrics().borrow().clone();
+    let member = metrics
+        .membership_config
+        .membership()
+        .get_node(&u64::from(from))
+        .is_some();
+    if !member || from == shared.config.id {
+        warn!(
+            node = from,
+            "refused the domain key to a node that is not a member"
+        );
+        return Err(proto::Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "node {from} is not a member of the cluster; add it with `sealgate cluster add-node`"
+            ),
+        ));
+    }
+    info!(
+        node = from,
+        "gave the cluster's domain key to a joining member"
+    );
+    Ok(Reply::Raft(shared.domain_key.to_vec()))
+}
+
 fn health(shared: &Shared) -> Reply {
     let metrics = shared.hsm.raft().metrics().borrow().clone();
+    let (members, membership_index) = crate::raft::members(&metrics);
     let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
     Reply::Health(Health {
         node_id: shared.hsm.node_id(),
@@ -767,15 +882,23 @@ fn health(shared: &Shared) -> Reply {
         queued: u32::try_from(shared.pool.queued()).unwrap_or(u32::MAX),
         writable: shared.hsm.writable(),
         leader: metrics.current_leader.and_then(|id| u32::try_from(id).ok()),
-        role: match metrics.state {
-            openraft::ServerState::Leader => "leader",
-            openraft::ServerState::Follower => "follower",
-            openraft::ServerState::Candidate => "candidate",
-            openraft::ServerState::Learner => "learner",
-            openraft::ServerState::Shutdown => "shut down",
+        role: if shared.hsm.is_removed() {
+            "removed"
+        } else if shared.hsm.cluster_id().is_empty() {
+            "joining"
+        } else {
+            match metrics.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shut down",
+            }
         }
         .to_owned(),
         term: metrics.current_term,
+        members,
+        membership_index,
     })
 }
 

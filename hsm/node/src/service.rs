@@ -8,11 +8,11 @@
 //! half the crypto threads check passwords at once.
 
 use crate::convert;
-use crate::raft::{ClusterEntry, PeerNetwork, Raft, Replica};
+use crate::raft::{ClusterEntry, MembershipChange, PeerNetwork, Raft, Replica};
 use openraft::error::ClientWriteError;
 use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
-    Command, Engine, EngineError, FromOutcome, KeyHandle, Outcome, SessionId, Step, Timestamp,
+    Command, Engine, EngineError, FromOutcome, KeyHandle, Outcome, Role, SessionId, Step, Timestamp,
 };
 use sealgate_hsm_proto::{self as proto, ErrorKind, Reply, Request, Secret};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +34,9 @@ pub(crate) struct Hsm {
     applied: AtomicU64,
     writable: AtomicBool,
     cluster_id: RwLock<String>,
+    /// Set when this node finds it was removed from the cluster
+    /// ([`watch_removal`](crate::raft::watch_removal)).
+    removed: Arc<AtomicBool>,
 }
 
 /// How long a follower waits for the leader to take a forwarded write, and then to apply it.
@@ -104,8 +107,9 @@ impl Hsm {
             applied: AtomicU64::new(applied),
             writable: AtomicBool::new(true),
             cluster_id: RwLock::new(String::new()),
+            removed: Arc::new(AtomicBool::new(false)),
         };
-        this.refresh_cluster_id();
+        let _ = this.refresh_cluster_id();
         this
     }
 
@@ -117,25 +121,22 @@ impl Hsm {
         self.state.write().map_err(|_| unavailable())
     }
 
-    fn refresh_cluster_id(&self) {
-        let Ok(mut st) = self.state.write() else {
-            return;
-        };
-        let engine = st.engine_mut();
-        let Ok(session) = engine.open_session() else {
-            return;
-        };
-        let id = engine
-            .info(session)
+    /// The engine's cluster id, cached once known (a joining node learns it from the
+    /// snapshot it receives).
+    fn refresh_cluster_id(&self) -> String {
+        let id = self
+            .state
+            .read()
             .ok()
-            .and_then(|i| i.cluster_uid)
+            .and_then(|st| st.engine().cluster_uid())
             .map(|u| u.to_string())
             .unwrap_or_default();
-        engine.close_session(session);
-        drop(st);
-        if let Ok(mut slot) = self.cluster_id.write() {
-            *slot = id;
+        if !id.is_empty()
+            && let Ok(mut slot) = self.cluster_id.write()
+        {
+            slot.clone_from(&id);
         }
+        id
     }
 
     /// A place among the logins being checked, or `busy`.
@@ -196,10 +197,96 @@ impl Hsm {
     }
 
     pub(crate) fn cluster_id(&self) -> String {
-        self.cluster_id
+        let cached = self
+            .cluster_id
             .read()
             .map(|s| s.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if cached.is_empty() {
+            self.refresh_cluster_id()
+        } else {
+            cached
+        }
+    }
+
+    /// Whether this node serves clients: not while it is joining (it has no cluster state
+    /// yet) and not once it was removed from the cluster.
+    pub(crate) fn serving(&self) -> Result<(), proto::Error> {
+        if self.cluster_id().is_empty() {
+            return Err(proto::Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "node {} is joining the cluster and has not received its state yet; \
+                     use another node or retry later",
+                    self.node_id
+                ),
+            ));
+        }
+        if self.is_removed() {
+            return Err(proto::Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "node {} was removed from the cluster; use another node",
+                    self.node_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this node was removed from the cluster.
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire) || crate::raft::removed(&self.raft.metrics().borrow())
+    }
+
+    /// The flag the removal watch sets.
+    pub(crate) fn removed_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.removed)
+    }
+
+    /// Refuses `session` unless a crypto officer is logged in on it.
+    fn require_officer(&self, session: SessionId, what: &str) -> Result<(), proto::Error> {
+        match self
+            .read()?
+            .engine()
+            .session_user(session)
+            .map_err(engine_error)?
+        {
+            Some((_, Role::CryptoOfficer)) => Ok(()),
+            Some(_) => Err(proto::Error::new(
+                ErrorKind::PermissionDenied,
+                format!("only a crypto officer may {what}"),
+            )),
+            None => Err(proto::Error::new(
+                ErrorKind::NotLoggedIn,
+                format!("log in as a crypto officer to {what}"),
+            )),
+        }
+    }
+
+    /// Adds or removes a node (on the leader, through raft). Called on a crypto thread.
+    fn change_membership(
+        &self,
+        session: SessionId,
+        change: MembershipChange,
+    ) -> Result<Reply, proto::Error> {
+        self.require_officer(session, "change the cluster's membership")?;
+        let id = match &change {
+            MembershipChange::Add { id, .. } | MembershipChange::Remove { id } => *id,
+        };
+        if id == 0 || id > crate::config::MAX_NODE_ID {
+            return Err(proto::Error::new(
+                ErrorKind::InvalidInput,
+                format!("node ids are 1 to {}, not {id}", crate::config::MAX_NODE_ID),
+            ));
+        }
+        self.runtime
+            .block_on(crate::raft::change_membership(
+                &self.raft,
+                &self.network,
+                change,
+            ))
+            .map(Reply::Members)
     }
 
     pub(crate) fn applied_index(&self) -> u64 {
@@ -623,6 +710,12 @@ impl Hsm {
                 .random(session, len as usize)
                 .map(Reply::Data)
                 .map_err(engine_error),
+            Request::AddNode { id, address } => {
+                self.change_membership(session, MembershipChange::Add { id, address })
+            }
+            Request::RemoveNode { id } => {
+                self.change_membership(session, MembershipChange::Remove { id })
+            }
             _ => Err(proto::Error::new(
                 ErrorKind::BadRequest,
                 "this node does not support that request",

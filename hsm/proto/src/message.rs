@@ -86,6 +86,22 @@ pub struct Health {
     pub role: String,
     /// The raft term this node is in.
     pub term: u64,
+    /// The cluster's members as this node knows them (voters and learners), in id order.
+    pub members: Vec<Member>,
+    /// The log index of the membership `members` comes from: of two answers, the one with
+    /// the higher index is the newer membership.
+    pub membership_index: u64,
+}
+
+/// One member of a cluster's replication group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's id.
+    pub id: u32,
+    /// Where clients and the other nodes reach it (`host:port`).
+    pub address: String,
+    /// Whether it votes; a learner (a node that is joining) does not yet.
+    pub voter: bool,
 }
 
 /// Cluster information.
@@ -349,6 +365,21 @@ pub enum Request {
         /// How many.
         len: u32,
     },
+    /// Adds node `id` at `address` to the cluster as a learner (crypto officers only). The
+    /// node then gets the cluster's domain key and state from the others and becomes a voter
+    /// once it has caught up. Answered with the membership after the change.
+    AddNode {
+        /// The new node's id (its certificate must name it).
+        id: u32,
+        /// Where the others and clients reach it (`host:port`).
+        address: String,
+    },
+    /// Removes node `id` from the cluster (crypto officers only). Answered with the
+    /// membership after the change.
+    RemoveNode {
+        /// The node's id.
+        id: u32,
+    },
     /// Between nodes only (a connection authenticated with a node certificate): a raft message
     /// whose payload the nodes encode.
     Raft {
@@ -370,6 +401,11 @@ pub enum RaftRpc {
     InstallSnapshot,
     /// A follower forwards a write (an encoded log entry) to the leader.
     Forward,
+    /// A node forwards a membership change to the leader.
+    ChangeMembership,
+    /// A joining node asks for the cluster's domain key; a node answers only a node whose
+    /// certificate names a member of the cluster.
+    DomainKey,
 }
 
 impl Request {
@@ -432,6 +468,8 @@ impl Request {
             | Self::ListKeys { .. }
             | Self::Digest { .. }
             | Self::Random { .. }
+            | Self::AddNode { .. }
+            | Self::RemoveNode { .. }
             | Self::Raft { .. } => &[],
         };
         handles
@@ -472,6 +510,8 @@ impl Request {
             Self::Decrypt { .. } => "decrypt",
             Self::Digest { .. } => "digest",
             Self::Random { .. } => "random",
+            Self::AddNode { .. } => "add-node",
+            Self::RemoveNode { .. } => "remove-node",
             Self::Raft { .. } => "raft",
         }
     }
@@ -520,6 +560,8 @@ pub enum Reply {
     Verified,
     /// Answer to [`Request::Raft`]: the encoded openraft response.
     Raft(Vec<u8>),
+    /// Answer to [`Request::AddNode`] and [`Request::RemoveNode`]: the membership after it.
+    Members(Vec<Member>),
 }
 
 #[cfg(test)]

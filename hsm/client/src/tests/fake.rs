@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use sealgate_hsm_proto::{
     self as proto, AttributeValue, Error, ErrorKind, Health, KeyInfo, MAX_FRAME_LEN,
-    MAX_RESPONSE_LEN, Reply, Request, RequestFrame, ResponseFrame, Role, Welcome,
+    MAX_RESPONSE_LEN, Member, Reply, Request, RequestFrame, ResponseFrame, Role, Welcome,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,7 +54,13 @@ fn leaf(
     issuer: &Issuer<'_, KeyPair>,
 ) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    // Nodes answer to "localhost" and to 127.0.0.1 (the address a membership names).
+    let sans = if usage == ExtendedKeyUsagePurpose::ServerAuth {
+        vec![name.to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        vec![name.to_owned()]
+    };
+    let mut params = CertificateParams::new(sans).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![usage];
     (params.signed_by(&key, issuer).unwrap(), key)
@@ -169,6 +175,8 @@ pub(crate) struct Control {
     pub(crate) open: AtomicU32,
     /// Connections accepted (TLS done).
     pub(crate) accepted: AtomicU32,
+    /// The membership health answers report, and its log index.
+    pub(crate) membership: Mutex<(Vec<Member>, u64)>,
 }
 
 impl Control {
@@ -395,16 +403,21 @@ async fn serve(
                 }
             }
             Request::Logout => Ok(Reply::Done),
-            Request::Health => Ok(Reply::Health(Health {
-                node_id,
-                applied_index: 0,
-                sessions: 1,
-                connections: ctl.open.load(Ordering::SeqCst),
-                queued: 0,
-                writable: true,
-                leader: Some(node_id),
-                role: "leader".into(),
-                term: 1,
+            Request::Health => Ok(Reply::Health({
+                let (members, membership_index) = ctl.membership.lock().unwrap().clone();
+                Health {
+                    node_id,
+                    applied_index: 0,
+                    sessions: 1,
+                    connections: ctl.open.load(Ordering::SeqCst),
+                    queued: 0,
+                    writable: true,
+                    leader: Some(node_id),
+                    role: "leader".into(),
+                    term: 1,
+                    members,
+                    membership_index,
+                }
             })),
             _ if ctl
                 .busy

@@ -1245,3 +1245,75 @@ fn timeouts_over_an_hour_are_refused_naming_the_key() {
         }
     }
 }
+
+fn members(nodes: &[&FakeNode]) -> Vec<sealgate_hsm_proto::Member> {
+    nodes
+        .iter()
+        .map(|n| sealgate_hsm_proto::Member {
+            id: n.id,
+            address: n.addr.to_string(),
+            voter: true,
+        })
+        .collect()
+}
+
+fn ids(client: &Client) -> Vec<u32> {
+    client.nodes().iter().map(|n| n.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_nodes_added_and_removed() {
+    within(async {
+        let pki = Pki::new();
+        let (a, b, c) = (
+            FakeNode::start(1, &pki).await,
+            FakeNode::start(2, &pki).await,
+            FakeNode::start(3, &pki).await,
+        );
+        // The configuration names node 1 only; the cluster has nodes 1 and 2.
+        *a.ctl.membership.lock().unwrap() = (members(&[&a, &b]), 5);
+        let client = Client::connect(pki.config(&[&a]), alice(PASSWORD))
+            .await
+            .unwrap();
+        assert_eq!(ids(&client), [1, 2]);
+        assert!(status(&client, 2).up, "connected and logged in at once");
+        client.call_on(2, Request::Random { len: 1 }).await.unwrap();
+
+        // Node 3 joins: the next health check brings it.
+        *a.ctl.membership.lock().unwrap() = (members(&[&a, &b, &c]), 7);
+        eventually("node 3 up", || {
+            ids(&client) == [1, 2, 3] && status(&client, 3).up
+        })
+        .await;
+        client.call_on(3, Request::Random { len: 1 }).await.unwrap();
+        assert_eq!(c.ctl.count("login"), 1);
+
+        // An older membership (a node that missed the change) does not undo it.
+        *b.ctl.membership.lock().unwrap() = (members(&[&a, &b]), 6);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(ids(&client), [1, 2, 3]);
+
+        // Node 2 is removed: the client drops it and closes its connection.
+        for node in [&a, &b, &c] {
+            *node.ctl.membership.lock().unwrap() = (members(&[&a, &c]), 9);
+        }
+        eventually("node 2 dropped", || ids(&client) == [1, 3]).await;
+        eventually("node 2's connection closed", || {
+            b.ctl.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        let error = client
+            .call_on(2, Request::Random { len: 1 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ClientError::UnknownNode { node: 2 }),
+            "{error:?}"
+        );
+        for _ in 0..20 {
+            client.call(Request::Random { len: 1 }).await.unwrap();
+        }
+        client.close().await;
+    })
+    .await;
+}

@@ -7,19 +7,24 @@
 //! secrets only sealed under the cluster's domain key, so neither the log nor a snapshot holds
 //! key material in clear.
 //!
-//! Status: every node runs its writes through openraft (log store, state machine, snapshots:
-//! built and tested with openraft's storage suite), as a raft group of one: the transport
-//! between nodes, forwarding to the leader and membership commands come next.
+//! Nodes talk over the cluster's mutual TLS (`network`); followers forward writes and
+//! membership changes to the leader; nodes are added as learners that start from a snapshot
+//! and are promoted to voters once caught up (`membership`).
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here do
 // the same, as openraft's own examples do.
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod membership;
 mod network;
 mod state_machine;
 
 pub use log_store::RaftLogStore;
+pub use membership::{
+    MembershipChange, change as change_membership, members, promote_learners, removed,
+    watch_removal,
+};
 pub use network::{LinkError, PeerLink, PeerNetwork, serve};
 pub use state_machine::{EngineStateMachine, Replica};
 

@@ -4,7 +4,7 @@
 //! encoded with postcard. One connection per peer, one message at a time (openraft drives each
 //! peer from one task); a failed call drops the connection, and the next one reconnects.
 
-use super::{ClusterEntry, NodeId, TypeConfig};
+use super::{ClusterEntry, MembershipChange, NodeId, TypeConfig};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use openraft::BasicNode;
@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use zeroize::Zeroizing;
 
 type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
 
@@ -97,6 +98,55 @@ impl PeerNetwork {
     > {
         let mut link = self.link(target, node);
         link.call(RaftRpc::Forward, entry, timeout).await
+    }
+
+    /// Sends a membership change to the leader `target` and returns its answer.
+    pub async fn change_membership(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<Vec<proto::Member>, proto::Error>, LinkError> {
+        let mut link = self.link(target, node);
+        link.call(RaftRpc::ChangeMembership, change, timeout).await
+    }
+
+    /// Asks `target` for its health (which carries the membership it knows).
+    pub async fn health(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        timeout: Duration,
+    ) -> Result<proto::Health, LinkError> {
+        let mut link = self.link(target, node);
+        match tokio::time::timeout(timeout, link.request(Request::Health)).await {
+            Ok(Ok(Reply::Health(health))) => Ok(health),
+            Ok(Ok(other)) => Err(link.unreachable(format!("unexpected answer {other:?}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(link.unreachable(format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    /// Asks `target` for the cluster's domain key (this node is joining the cluster). The
+    /// answer is the key's 32 bytes, over this mutual-TLS connection only.
+    pub async fn domain_key(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        timeout: Duration,
+    ) -> Result<Zeroizing<[u8; 32]>, LinkError> {
+        let mut link = self.link(target, node);
+        let answer = tokio::time::timeout(timeout, link.exchange(RaftRpc::DomainKey, Vec::new()))
+            .await
+            .unwrap_or_else(|_| Err(link.unreachable(format!("no answer within {timeout:?}"))))
+            .map(Zeroizing::new)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        if answer.len() != key.len() {
+            return Err(link.unreachable("the answer is not a 32-byte key"));
+        }
+        key.copy_from_slice(&answer);
+        Ok(key)
     }
 }
 
@@ -178,12 +228,20 @@ impl PeerLink {
     }
 
     async fn exchange(&mut self, rpc: RaftRpc, payload: Vec<u8>) -> Result<Vec<u8>, LinkError> {
+        match self.request(Request::Raft { rpc, payload }).await? {
+            Reply::Raft(bytes) => Ok(bytes),
+            other => Err(self.unreachable(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Sends one request and waits for its answer, connecting first if needed.
+    async fn request(&mut self, request: Request) -> Result<Reply, LinkError> {
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
         }
         let id = self.next_id;
         self.next_id += 1;
-        let frame = RequestFrame::new(id, Request::Raft { rpc, payload });
+        let frame = RequestFrame::new(id, request);
         let target = self.target;
         let unreachable = |reason: String| LinkError::Unreachable {
             node: target,
@@ -206,14 +264,10 @@ impl PeerLink {
             if answer.id != id {
                 continue;
             }
-            return match answer.result {
-                Ok(Reply::Raft(bytes)) => Ok(bytes),
-                Ok(other) => Err(unreachable(format!("unexpected answer {other:?}"))),
-                Err(error) => Err(LinkError::Refused {
-                    node: target,
-                    error,
-                }),
-            };
+            return answer.result.map_err(|error| LinkError::Refused {
+                node: target,
+                error,
+            });
         }
     }
 
@@ -303,5 +357,11 @@ pub async fn serve(
             let entry: ClusterEntry = postcard::from_bytes(payload).map_err(bad)?;
             encode(&raft.client_write(entry).await)
         }
+        RaftRpc::ChangeMembership => {
+            let change: MembershipChange = postcard::from_bytes(payload).map_err(bad)?;
+            encode(&super::membership::apply(raft, change).await)
+        }
+        // Answered by the server, which holds the key and knows the caller.
+        RaftRpc::DomainKey => Err(bad("the domain key is not served here")),
     }
 }

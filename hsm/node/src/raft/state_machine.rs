@@ -13,7 +13,8 @@ use openraft::{
 };
 use sealgate_hsm_core::crypto::MasterKey;
 use sealgate_hsm_core::{
-    Command, Engine, EngineConfig, SessionId, Snapshot as Rows, StoreBatch, StoreError, Table,
+    Command, CommandOp, Engine, EngineConfig, SessionId, Snapshot as Rows, StoreBatch, StoreError,
+    Table,
 };
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -203,6 +204,20 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                 }) => {
                     let result = match Command::decode(&command) {
                         Err(e) => Err(convert::error(&e)),
+                        // A node that joined a cluster starts from a snapshot of the cluster's
+                        // state; entries applied to an empty engine would silently diverge.
+                        Ok(cmd)
+                            if !replica.engine.is_initialized()
+                                && !matches!(cmd.op, CommandOp::Initialize { .. }) =>
+                        {
+                            return Err(StorageIOError::write_state_machine(
+                                openraft::AnyError::error(
+                                    "this node has no cluster state: it must receive a snapshot \
+                                     before log entries (was it added with `cluster add-node`?)",
+                                ),
+                            )
+                            .into());
+                        }
                         Ok(cmd) => {
                             let origin = (origin_node == replica.node_id && origin_session != 0)
                                 .then_some(SessionId(origin_session));
