@@ -202,17 +202,32 @@ async fn add_node_with(
         id: added.id,
         address: added.address.clone(),
     };
-    // On refusal `added` is dropped, which removes the files it wrote.
-    let members = change_membership(client, request).await?;
     let (id, address, config) = (added.id, added.address.clone(), added.config.clone());
+    let members = match change_membership(client, request).await {
+        Ok(members) => members,
+        // No answer: the node may have been added, so its files stay.
+        Err(e) if outcome_unknown(&e) => {
+            added.keep();
+            return Err(e.context(format!(
+                "node {id} may or may not have been added; its files are kept ({}): if \
+                 `cluster status` lists node {id}, start it, else delete them",
+                config.display()
+            )));
+        }
+        // Refused: dropping `added` removes the files it wrote.
+        Err(e) => return Err(e),
+    };
     added.keep();
     let start = format!("sealgate node --config {}", config.display());
-    let text = format!(
-        "node {id} added to the cluster as a learner at {address}\n  config  {}\n           members {}\nnext step: start it (it gets the domain key and the cluster's state from \
-         the members, then becomes a voter):\n  {start}",
-        config.display(),
-        members_text(&members)
+    let mut text = format!("node {id} added to the cluster as a learner at {address}\n");
+    let _ = writeln!(text, "  config   {}", config.display());
+    let _ = writeln!(text, "  members  {}", members_text(&members));
+    let _ = writeln!(
+        text,
+        "next step: start it (it gets the domain key and the cluster's state from the members, \
+         then becomes a voter):"
     );
+    let _ = write!(text, "  {start}");
     Ok(Report::new(
         json!({
             "id": id,
@@ -223,6 +238,16 @@ async fn add_node_with(
         }),
         text,
     ))
+}
+
+/// Whether a request failed without an answer (it may have been applied).
+fn outcome_unknown(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ClientError>(),
+            Some(ClientError::Interrupted { .. } | ClientError::Timeout { .. })
+        )
+    })
 }
 
 async fn remove_node(args: &RemoveNodeArgs, target: &Target) -> anyhow::Result<Report> {

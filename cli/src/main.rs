@@ -228,7 +228,9 @@ fn main() -> ExitCode {
     };
     let format = cli.global.output;
     let default_level = if matches!(cli.command, Command::Node(_)) {
-        "info"
+        // openraft reports every failed message to a peer that is down at warn level, several
+        // lines each time; its errors still show.
+        "info,openraft=error"
     } else {
         "warn"
     };

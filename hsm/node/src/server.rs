@@ -14,7 +14,7 @@ use crate::master_key::{
     MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_master_key_bytes, write_master_key,
 };
 use crate::pool::{CryptoPool, Job, Outbox};
-use crate::raft::{EngineStateMachine, PeerNetwork, Raft, RaftLogStore, Replica};
+use crate::raft::{EngineStateMachine, MembershipChange, PeerNetwork, Raft, RaftLogStore, Replica};
 use crate::service::Hsm;
 use crate::store::RedbStore;
 use crate::tls::{self, TlsError};
@@ -264,7 +264,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     tokio::spawn(crate::raft::watch_removal(
         raft.clone(),
         network,
-        shared.hsm.removed_flag(),
+        shared.hsm.removal(),
         shutdown.clone(),
     ));
     let done = tokio::spawn(accept_loop(shared, listener));
@@ -637,8 +637,10 @@ async fn hello<S: AsyncRead>(
             request: Request::Hello(h),
             ..
         }) => match proto::negotiate(h.min_version, h.max_version) {
-            // A node that is joining or was removed serves its peers only.
-            Some(_) if !from_node && shared.hsm.serving().is_err() => {
+            // A node that is joining serves its peers only. (A removed node still says hello,
+            // so that clients learn the membership from its health answer; it refuses every
+            // other request.)
+            Some(_) if !from_node && shared.hsm.cluster_id().is_empty() => {
                 (id, shared.hsm.serving().map(|()| Reply::Done))
             }
             Some(version) => {
@@ -770,6 +772,27 @@ async fn serve_requests<S: AsyncRead>(
                 answers.push(response(id, Ok(health(shared))));
                 continue;
             }
+            let change = match &request {
+                Request::AddNode { id, address } => Some(MembershipChange::Add {
+                    id: *id,
+                    address: address.clone(),
+                }),
+                Request::RemoveNode { id } => Some(MembershipChange::Remove { id: *id }),
+                _ => None,
+            };
+            if let Some(change) = change {
+                let (hsm, answer) = (Arc::clone(&shared.hsm), tx.clone());
+                tokio::spawn(async move {
+                    let result = match hsm.serving() {
+                        Ok(()) => Arc::clone(&hsm).change_membership(session, change).await,
+                        Err(e) => Err(e),
+                    };
+                    let index = hsm.log_index();
+                    let _ = answer.send(indexed_response(id, index, result)).await;
+                    drop(permit);
+                });
+                continue;
+            }
             if let Request::Raft { rpc, payload } = request {
                 let Some(from) = peer_node else {
                     warn!(%peer, "refused a raft message from a client certificate");
@@ -872,7 +895,7 @@ fn domain_key(shared: &Shared, from: u32) -> Result<Reply, proto::Error> {
 
 fn health(shared: &Shared) -> Reply {
     let metrics = shared.hsm.raft().metrics().borrow().clone();
-    let (members, membership_index) = crate::raft::members(&metrics);
+    let (members, membership_index) = shared.hsm.membership();
     let count = |n: &AtomicUsize| u32::try_from(n.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
     Reply::Health(Health {
         node_id: shared.hsm.node_id(),

@@ -8,7 +8,7 @@
 //! half the crypto threads check passwords at once.
 
 use crate::convert;
-use crate::raft::{ClusterEntry, MembershipChange, PeerNetwork, Raft, Replica};
+use crate::raft::{ClusterEntry, MembershipChange, PeerNetwork, Raft, Removal, Replica};
 use openraft::error::ClientWriteError;
 use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
@@ -36,7 +36,7 @@ pub(crate) struct Hsm {
     cluster_id: RwLock<String>,
     /// Set when this node finds it was removed from the cluster
     /// ([`watch_removal`](crate::raft::watch_removal)).
-    removed: Arc<AtomicBool>,
+    removal: Removal,
 }
 
 /// How long a follower waits for the leader to take a forwarded write, and then to apply it.
@@ -107,7 +107,7 @@ impl Hsm {
             applied: AtomicU64::new(applied),
             writable: AtomicBool::new(true),
             cluster_id: RwLock::new(String::new()),
-            removed: Arc::new(AtomicBool::new(false)),
+            removal: Removal::default(),
         };
         let _ = this.refresh_cluster_id();
         this
@@ -236,12 +236,23 @@ impl Hsm {
 
     /// Whether this node was removed from the cluster.
     pub(crate) fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire) || crate::raft::removed(&self.raft.metrics().borrow())
+        self.removal.lock().is_ok_and(|r| r.is_some())
+            || crate::raft::removed(&self.raft.metrics().borrow())
     }
 
-    /// The flag the removal watch sets.
-    pub(crate) fn removed_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.removed)
+    /// What the removal watch sets.
+    pub(crate) fn removal(&self) -> Removal {
+        Arc::clone(&self.removal)
+    }
+
+    /// The membership this node knows and its log index: from its log, or the newer one it
+    /// learned when it found it was removed.
+    pub(crate) fn membership(&self) -> (Vec<proto::Member>, u64) {
+        let own = crate::raft::members(&self.raft.metrics().borrow());
+        match self.removal.lock().ok().and_then(|r| r.clone()) {
+            Some(learned) if learned.1 > own.1 => learned,
+            _ => own,
+        }
     }
 
     /// Refuses `session` unless a crypto officer is logged in on it.
@@ -264,13 +275,20 @@ impl Hsm {
         }
     }
 
-    /// Adds or removes a node (on the leader, through raft). Called on a crypto thread.
-    fn change_membership(
-        &self,
+    /// Adds or removes a node (on the leader, through raft). Runs as its own task, not on the
+    /// crypto pool: adding a node waits for a snapshot and a log purge on the leader.
+    pub(crate) async fn change_membership(
+        self: Arc<Self>,
         session: SessionId,
         change: MembershipChange,
     ) -> Result<Reply, proto::Error> {
-        self.require_officer(session, "change the cluster's membership")?;
+        let hsm = Arc::clone(&self);
+        // The engine lock may be held by a write while it fsyncs: not on an async worker.
+        tokio::task::spawn_blocking(move || {
+            hsm.require_officer(session, "change the cluster's membership")
+        })
+        .await
+        .map_err(|_| proto::Error::new(ErrorKind::Failed, "the permission check failed"))??;
         let id = match &change {
             MembershipChange::Add { id, .. } | MembershipChange::Remove { id } => *id,
         };
@@ -280,12 +298,8 @@ impl Hsm {
                 format!("node ids are 1 to {}, not {id}", crate::config::MAX_NODE_ID),
             ));
         }
-        self.runtime
-            .block_on(crate::raft::change_membership(
-                &self.raft,
-                &self.network,
-                change,
-            ))
+        crate::raft::change_membership(&self.raft, &self.network, change)
+            .await
             .map(Reply::Members)
     }
 
@@ -710,12 +724,11 @@ impl Hsm {
                 .random(session, len as usize)
                 .map(Reply::Data)
                 .map_err(engine_error),
-            Request::AddNode { id, address } => {
-                self.change_membership(session, MembershipChange::Add { id, address })
-            }
-            Request::RemoveNode { id } => {
-                self.change_membership(session, MembershipChange::Remove { id })
-            }
+            // Answered by the server on their own task (see `change_membership`).
+            Request::AddNode { .. } | Request::RemoveNode { .. } => Err(proto::Error::new(
+                ErrorKind::BadRequest,
+                "membership changes are answered by the server",
+            )),
             _ => Err(proto::Error::new(
                 ErrorKind::BadRequest,
                 "this node does not support that request",

@@ -77,6 +77,10 @@ pub fn removed(metrics: &RaftMetrics<NodeId, BasicNode>) -> bool {
     membership.nodes().next().is_some() && membership.get_node(&metrics.id).is_none()
 }
 
+/// What a node learns when it finds it was removed: the membership without it, and its log
+/// index (reported in its health answers, so clients move to the members).
+pub type Removal = std::sync::Arc<std::sync::Mutex<Option<(Vec<Member>, u64)>>>;
+
 /// How often a node without a leader asks its peers whether it is still a member.
 const REMOVAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -90,10 +94,9 @@ const REMOVAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn watch_removal(
     raft: Raft,
     network: PeerNetwork,
-    removed_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    removal: Removal,
     shutdown: CancellationToken,
 ) {
-    use std::sync::atomic::Ordering;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -101,8 +104,8 @@ pub async fn watch_removal(
         }
         let metrics = raft.metrics().borrow().clone();
         let own = metrics.id;
-        let (_, own_index) = members(&metrics);
-        let mut gone = removed(&metrics).then_some(own);
+        let (own_members, own_index) = members(&metrics);
+        let mut gone = removed(&metrics).then_some((own, own_members, own_index));
         if gone.is_none() && metrics.current_leader.is_none() {
             let peers: Vec<(NodeId, BasicNode)> = metrics
                 .membership_config
@@ -118,19 +121,21 @@ pub async fn watch_removal(
                 let without_me = !health.members.is_empty()
                     && !health.members.iter().any(|m| NodeId::from(m.id) == own);
                 if health.membership_index > own_index && without_me {
-                    gone = Some(id);
+                    gone = Some((id, health.members, health.membership_index));
                     break;
                 }
             }
         }
-        if let Some(by) = gone {
+        if let Some((by, members, index)) = gone {
             warn!(
                 node = own,
                 told_by = by,
                 "this node was removed from the cluster: it stops replicating and refuses clients; \
                  stop it and delete its data directory"
             );
-            removed_flag.store(true, Ordering::Release);
+            if let Ok(mut slot) = removal.lock() {
+                *slot = Some((members, index));
+            }
             let _ = raft.shutdown().await;
             return;
         }

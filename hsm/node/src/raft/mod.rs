@@ -22,7 +22,7 @@ mod state_machine;
 
 pub use log_store::RaftLogStore;
 pub use membership::{
-    MembershipChange, change as change_membership, members, promote_learners, removed,
+    MembershipChange, Removal, change as change_membership, members, promote_learners, removed,
     watch_removal,
 };
 pub use network::{LinkError, PeerLink, PeerNetwork, serve};

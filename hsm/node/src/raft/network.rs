@@ -11,7 +11,7 @@ use openraft::BasicNode;
 use openraft::error::{
     ClientWriteError, InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest,
     InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -28,6 +28,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use zeroize::Zeroizing;
 
 type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
+
+/// First wait before retrying an unreachable peer.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait before retrying an unreachable peer.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +329,17 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.raft_call(RaftRpc::Vote, &rpc, &option).await
+    }
+
+    /// After a peer was unreachable: retry after 250 ms, doubling up to 2 s (openraft's
+    /// default is every 500 ms forever, which logs a few lines each time for a node that is
+    /// down). A node that comes back is contacted within 2 s.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0u32..).map(|attempt| {
+            BACKOFF_FIRST
+                .saturating_mul(2u32.saturating_pow(attempt))
+                .min(BACKOFF_MAX)
+        }))
     }
 }
 
