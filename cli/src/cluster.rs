@@ -41,8 +41,9 @@ pub(crate) enum ClusterCommand {
     Activate(ActivateArgs),
     /// Show every node's health and cluster information (no login needed).
     ///
-    /// JSON data: {"cluster_id", "nodes": [{"id", "address", "up", "health": {"applied_index",
-    /// "sessions", "connections", "queued", "writable", "leader", "term"} | null, "info": {"cluster_id",
+    /// JSON data: {"cluster_id", "nodes": [{"id", "address", "up", "lag", "health": {"role",
+    /// "applied_index", "sessions", "connections", "queued", "writable", "leader", "term"} |
+    /// null, "info": {"cluster_id",
     /// "initialized", "activated", "users", "keys", "applied_index"} | null, "error": text |
     /// null}]}.
     ///

@@ -313,6 +313,9 @@ mod tests {
             "cluster init --dir /tmp/x --nodes 3 --host 127.0.0.1 --base-port 3000",
             "cluster activate --password-file /tmp/x/preco-password",
             "cluster status",
+            "cluster add-node",
+            "cluster add-node --dir /tmp/x --id 5 --host 127.0.0.1 --port 3000",
+            "cluster remove-node --id 4",
             "user list",
             "user create --name alice --role cu",
             "user delete --name alice",
@@ -349,6 +352,9 @@ mod tests {
         }
         assert!(parse("cluster init --dir d --nodes 0").is_err());
         assert!(parse("cluster init --dir d --nodes 29").is_err());
+        assert!(parse("cluster remove-node").is_err());
+        assert!(parse("cluster remove-node --id 0").is_err());
+        assert!(parse("cluster add-node --port 0").is_err());
         assert!(parse("user create --name a --role preco").is_err());
         assert!(parse("crypto random --len 0").is_err());
         assert!(parse("key set-attribute --handle 5").is_err());

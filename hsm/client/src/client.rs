@@ -185,6 +185,7 @@ impl Client {
                     .collect(),
             ),
             membership_index: AtomicU64::new(0),
+            learning: tokio::sync::Mutex::new(()),
             supervisors: Mutex::new(Vec::new()),
         });
         // From here on, an early return drops the client, which ends everything it started.

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) nodes: RwLock<Vec<Arc<Node>>>,
     /// The log index of the membership `nodes` follows (0: the configuration's).
     pub(crate) membership_index: AtomicU64,
+    /// Held while a membership is applied, so two health answers cannot apply theirs in the
+    /// wrong order.
+    pub(crate) learning: tokio::sync::Mutex<()>,
     /// The nodes' background tasks.
     pub(crate) supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -93,7 +96,11 @@ impl Shared {
 /// than the last one followed counts, so a node that missed a change (one that was removed,
 /// say) cannot undo it. Returns the new nodes.
 pub(crate) async fn learn(shared: &Shared, members: &[Member], index: u64) -> Vec<Arc<Node>> {
-    if members.is_empty() || shared.membership_index.fetch_max(index, Ordering::AcqRel) >= index {
+    if members.is_empty() || shared.membership_index.load(Ordering::Acquire) >= index {
+        return Vec::new();
+    }
+    let _learning = shared.learning.lock().await;
+    if shared.membership_index.load(Ordering::Acquire) >= index {
         return Vec::new();
     }
     let known = shared.nodes();
@@ -140,6 +147,7 @@ pub(crate) async fn learn(shared: &Shared, members: &[Member], index: u64) -> Ve
     }
     nodes.sort_by_key(|n| n.id());
     drop(nodes);
+    shared.membership_index.store(index, Ordering::Release);
     shared.node_changed();
     added
 }
