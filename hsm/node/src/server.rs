@@ -298,6 +298,10 @@ async fn start_raft(
         // Keep every raft message well inside a request frame.
         max_payload_entries: 32,
         snapshot_max_chunk_size: 128 << 10,
+        // Installing the last chunk checks every row of the snapshot and fsyncs them all: far
+        // more than openraft's default 200 ms on a large store (every try would time out, and
+        // a lagging or new node would never catch up).
+        install_snapshot_timeout: 10_000,
         ..openraft::Config::default()
     }
     .validate()

@@ -34,6 +34,8 @@ pub(crate) struct Hsm {
     applied: AtomicU64,
     writable: AtomicBool,
     cluster_id: RwLock<String>,
+    /// This run of the node ([`Replica::run_id`]), named in every entry it prepares.
+    run_id: u64,
     /// Set when this node finds it was removed from the cluster
     /// ([`watch_removal`](crate::raft::watch_removal)).
     removal: Removal,
@@ -92,9 +94,9 @@ impl Hsm {
         runtime: tokio::runtime::Handle,
         crypto_threads: usize,
     ) -> Self {
-        let applied = state
+        let (applied, run_id) = state
             .read()
-            .map(|r| r.engine().applied_index())
+            .map(|r| (r.engine().applied_index(), r.run_id()))
             .unwrap_or_default();
         let this = Self {
             node_id,
@@ -108,6 +110,7 @@ impl Hsm {
             writable: AtomicBool::new(true),
             cluster_id: RwLock::new(String::new()),
             removal: Removal::default(),
+            run_id,
         };
         let _ = this.refresh_cluster_id();
         this
@@ -342,6 +345,7 @@ impl Hsm {
         };
         let entry = ClusterEntry {
             origin_node: u64::from(self.node_id),
+            origin_run: self.run_id,
             origin_session: session.0,
             command: cmd.encode().map_err(engine_error)?,
         };

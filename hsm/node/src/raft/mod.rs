@@ -36,6 +36,9 @@ use std::io::Cursor;
 pub struct ClusterEntry {
     /// The node that prepared the command.
     pub origin_node: u64,
+    /// Which run (process start) of that node prepared it: session numbers restart with each
+    /// run, so a session is named by run and number ([`Replica::run_id`]).
+    pub origin_run: u64,
     /// The session on that node on whose behalf it runs (0 for none).
     pub origin_session: u64,
     /// The encoded command (`Command::encode`).

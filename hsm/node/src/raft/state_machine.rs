@@ -38,6 +38,8 @@ struct SnapshotData {
 /// request handling) sees them.
 pub struct Replica {
     node_id: NodeId,
+    /// Drawn at random when the replica is opened: names this run of the node.
+    run_id: u64,
     engine: Engine,
     store: RedbStore,
     machine: MachineRecord,
@@ -60,12 +62,29 @@ impl Replica {
             })?,
             None => MachineRecord::default(),
         };
+        let run_id = sealgate_hsm_core::crypto::random_bytes(8)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .ok_or(StoreError::Corrupt {
+                table: "raft_machine",
+                key: 0,
+                reason: "no random run id (the random number generator failed)",
+            })?;
         Ok(Self {
             node_id,
+            run_id,
             engine,
             store,
             machine,
         })
+    }
+
+    /// This run of the node (random, drawn at open). An entry finishes a login on this node's
+    /// session only if this run prepared it: after a restart, session numbers start again and
+    /// name other clients' sessions.
+    pub fn run_id(&self) -> u64 {
+        self.run_id
     }
 
     /// The engine.
@@ -199,6 +218,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                 }
                 EntryPayload::Normal(ClusterEntry {
                     origin_node,
+                    origin_run,
                     origin_session,
                     command,
                 }) => {
@@ -219,7 +239,9 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                             .into());
                         }
                         Ok(cmd) => {
-                            let origin = (origin_node == replica.node_id && origin_session != 0)
+                            let origin = (origin_node == replica.node_id
+                                && origin_run == replica.run_id
+                                && origin_session != 0)
                                 .then_some(SessionId(origin_session));
                             // The engine numbers the commands it applied on its own: a node
                             // cloned from another's rows starts a new raft log whose indexes
@@ -347,6 +369,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: Payload::Normal(ClusterEntry {
                 origin_node: origin,
+                origin_run: 0,
                 origin_session: 0,
                 command: command.encode().unwrap(),
             }),
