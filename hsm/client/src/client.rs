@@ -28,16 +28,7 @@ async fn open_all(
     nodes: &[Arc<Node>],
     first_error: &mut Option<ClientError>,
 ) -> Vec<(Arc<Node>, Arc<Connection>)> {
-    let opened = join_all(nodes.iter().map(|node| {
-        connection::open(
-            &node.endpoint,
-            &shared.tls,
-            shared.cluster_id.as_deref(),
-            shared.settings.connect_timeout,
-            Arc::clone(&shared.seen),
-        )
-    }))
-    .await;
+    let opened = join_all(nodes.iter().map(|node| shared.open(node))).await;
     let mut conns = Vec::new();
     for (node, result) in nodes.iter().zip(opened) {
         match result {

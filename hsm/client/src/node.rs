@@ -67,6 +67,18 @@ impl Shared {
         self.changes.send_replace(());
     }
 
+    /// Connects to `node` and says hello (no login).
+    pub(crate) async fn open(&self, node: &Node) -> Result<Connection, ClientError> {
+        connection::open(
+            &node.endpoint,
+            &self.tls,
+            self.cluster_id.as_deref(),
+            self.settings.connect_timeout,
+            Arc::clone(&self.seen),
+        )
+        .await
+    }
+
     /// Every node now.
     pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes.read().map(|n| n.clone()).unwrap_or_default()
@@ -531,16 +543,7 @@ pub(crate) async fn establish(
     node: &Node,
     shared: &Shared,
 ) -> Result<Arc<Connection>, ClientError> {
-    let conn = Arc::new(
-        connection::open(
-            &node.endpoint,
-            &shared.tls,
-            shared.cluster_id.as_deref(),
-            shared.settings.connect_timeout,
-            Arc::clone(&shared.seen),
-        )
-        .await?,
-    );
+    let conn = Arc::new(shared.open(node).await?);
     if let Some(credentials) = &shared.credentials {
         login(node, &conn, credentials, shared).await?;
     }
