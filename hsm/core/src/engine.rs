@@ -128,6 +128,8 @@ pub struct Engine {
     meta: MetaRecord,
     users: BTreeMap<UserId, User>,
     keys: BTreeMap<KeyHandle, KeyObject>,
+    /// The token keys by unique id (an index of `keys`, kept with it).
+    key_uids: BTreeMap<ObjectUid, KeyHandle>,
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
     next_session_handle: u64,
@@ -428,6 +430,13 @@ impl LoadedState {
     }
 }
 
+/// The unique-id index of `keys`.
+fn uid_index(keys: &BTreeMap<KeyHandle, KeyObject>) -> BTreeMap<ObjectUid, KeyHandle> {
+    keys.iter()
+        .map(|(handle, obj)| (obj.record.uid, *handle))
+        .collect()
+}
+
 impl Engine {
     /// A new engine with no state (a node that has not joined or initialized a cluster).
     pub fn new(master: MasterKey, config: EngineConfig) -> Self {
@@ -438,12 +447,14 @@ impl Engine {
             tombstones,
             row_tags,
         } = Self::new_state(&master, config.cluster);
+        let key_uids = uid_index(&keys);
         Self {
             master,
             config,
             meta,
             users,
             keys,
+            key_uids,
             sessions: BTreeMap::new(),
             next_session: 1,
             next_session_handle: 1,
@@ -483,6 +494,7 @@ impl Engine {
         } = loaded;
         self.meta = meta;
         self.users = users;
+        self.key_uids = uid_index(&keys);
         self.keys = keys;
         self.tombstones = tombstones;
         self.row_tags = row_tags;
@@ -1708,18 +1720,35 @@ impl Engine {
     /// The other half of a token key pair, if it still exists.
     fn partner_of(&self, record: &KeyRecord) -> Option<&KeyObject> {
         let partner = record.partner?;
-        self.keys.values().find(|k| k.record.uid == partner)
+        self.key_uids
+            .get(&partner)
+            .and_then(|handle| self.keys.get(handle))
     }
 
     fn uid_taken(&self, uid: ObjectUid) -> bool {
-        self.tombstones.contains(&uid) || self.keys.values().any(|k| k.record.uid == uid)
+        self.tombstones.contains(&uid) || self.key_uids.contains_key(&uid)
+    }
+
+    /// Adds a token key (and its unique id to the index).
+    fn insert_key(&mut self, obj: KeyObject) -> KeyHandle {
+        let handle = obj.handle();
+        self.key_uids.insert(obj.record.uid, handle);
+        self.keys.insert(handle, obj);
+        handle
+    }
+
+    /// Removes a token key (and its unique id from the index).
+    fn remove_key(&mut self, handle: KeyHandle) {
+        if let Some(obj) = self.keys.remove(&handle) {
+            self.key_uids.remove(&obj.record.uid);
+        }
     }
 
     fn check_insert(&self, record: &KeyRecord) -> Result<(), EngineError> {
         if self.tombstones.contains(&record.uid) {
             return Err(EngineError::ObjectDeleted);
         }
-        if self.keys.values().any(|k| k.record.uid == record.uid) {
+        if self.key_uids.contains_key(&record.uid) {
             return Err(EngineError::ObjectExists);
         }
         record.attrs.check_new_or_inserted()?;
@@ -2288,8 +2317,7 @@ impl Engine {
                     Self::put_key(ops, &obj.record)?;
                 }
                 for obj in created {
-                    handles.push(obj.handle());
-                    self.keys.insert(obj.handle(), obj);
+                    handles.push(self.insert_key(obj));
                 }
                 self.meta.next_handle = handle;
                 Ok(Outcome::KeysCreated(handles))
@@ -2402,7 +2430,7 @@ impl Engine {
                 });
                 self.meta.next_tombstone += 1;
                 self.tombstones.insert(uid);
-                self.keys.remove(handle);
+                self.remove_key(*handle);
                 Ok(Outcome::KeyDeleted)
             }
             CommandOp::InsertMasked { record } => {
@@ -2422,8 +2450,7 @@ impl Engine {
                     .retain(|u| users.get(u).is_some_and(|u| u.role == Role::CryptoUser));
                 let obj = open_key(&self.master, record)?;
                 Self::put_key(ops, &obj.record)?;
-                let handle = obj.handle();
-                self.keys.insert(handle, obj);
+                let handle = self.insert_key(obj);
                 self.meta.next_handle += 1;
                 Ok(Outcome::KeysCreated(vec![handle]))
             }
