@@ -625,6 +625,7 @@ mod tests {
             term: 1,
             members: Vec::new(),
             membership_index: 1,
+            signs: 0,
         };
         let i = ClusterInfo {
             node_id: 1,

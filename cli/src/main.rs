@@ -1,6 +1,8 @@
 //! `sealgate`: the one binary. It parses the command line and wires the libraries together:
-//! `node` runs an HSM node (`sealgate-hsm-node`), `cluster`, `user`, `key` and `crypto` manage a
-//! cluster through the client SDK (`sealgate-hsm-client`). Logic that belongs in a library
+//! `serve` runs the proxy (`sealgate-proxy`, configured by `sealgate-config`) with its HSM
+//! cluster remote or embedded (child processes), `node` runs an HSM node (`sealgate-hsm-node`),
+//! `cluster`, `user`, `key` and `crypto` manage a cluster through the client SDK
+//! (`sealgate-hsm-client`). Logic that belongs in a library
 //! stays there; each command group is one module.
 //!
 //! Environment: `SEALGATE_CLUSTER` (client.toml), `SEALGATE_USER`, `SEALGATE_PASSWORD`,
@@ -11,9 +13,11 @@
 mod cluster;
 mod credentials;
 mod crypto;
+mod embedded;
 mod key;
 mod node;
 mod output;
+mod serve;
 mod user;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -60,6 +64,12 @@ struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the TLS-terminating proxy until SIGTERM or SIGINT; `serve --dev` needs no input.
+    ///
+    /// Handshake signatures are made by the HSM cluster: remote (a client.toml) or embedded
+    /// (the cluster's nodes run as child processes of serve, restarted if they exit). Prints
+    /// where it listens on stdout. Logs go to stderr (SEALGATE_LOG, default info).
+    Serve(serve::ServeArgs),
     /// Run one HSM node until SIGTERM or SIGINT.
     ///
     /// Once it listens, the node prints `sealgate node ID listening on ADDRESS` on stdout, as
@@ -172,7 +182,11 @@ async fn manage(command: Command, target: credentials::Target) -> anyhow::Result
         Command::User(c) => user::run(c, &target).await,
         Command::Key(c) => key::run(c, &target).await,
         Command::Crypto(c) => crypto::run(c, &target).await,
-        Command::Node(args) => node::run(&args),
+        // Dispatched in `run`, with their own runtimes.
+        Command::Node(_) | Command::Serve(_) => Err(output::error(
+            "failed",
+            "node and serve do not run inside a management runtime",
+        )),
     }
 }
 
@@ -182,8 +196,9 @@ fn run(cli: Cli) -> anyhow::Result<Report> {
         user: cli.global.user,
     };
     match cli.command {
-        // The node builds its own runtime; init needs none.
+        // The node and serve build their own runtimes; init needs none.
         Command::Node(args) => node::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Cluster(cluster::ClusterCommand::Init(args)) => cluster::init(args),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -227,7 +242,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let format = cli.global.output;
-    let default_level = if matches!(cli.command, Command::Node(_)) {
+    let default_level = if matches!(cli.command, Command::Node(_) | Command::Serve(_)) {
         // openraft reports every failed message to a peer that is down at warn level, several
         // lines each time; its errors still show.
         "info,openraft=error"

@@ -30,7 +30,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -102,6 +102,8 @@ struct Shared {
     sessions: AtomicUsize,
     /// Requests answered `busy`.
     busy: AtomicUsize,
+    /// Signatures made (`Sign` answered with a signature).
+    signs: AtomicU64,
     /// Connections refused at accept, logged at most once a second.
     refusals: RateLimitedLog,
     shutdown: CancellationToken,
@@ -244,6 +246,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         connections: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
+        signs: AtomicU64::new(0),
         refusals: RateLimitedLog::default(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -826,6 +829,8 @@ async fn serve_requests<S: AsyncRead>(
             }
             let hsm = Arc::clone(&shared.hsm);
             let answer = tx.clone();
+            // Signatures are counted (`Health::signs`).
+            let counted = matches!(request, Request::Sign { .. }).then(|| Arc::clone(shared));
             jobs.push(Box::new(move |outbox: &mut Outbox| {
                 let name = request.name();
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -841,6 +846,9 @@ async fn serve_requests<S: AsyncRead>(
                         format!("{name} failed inside the node"),
                     ))
                 });
+                if let Some(shared) = counted.as_ref().filter(|_| result.is_ok()) {
+                    shared.signs.fetch_add(1, Ordering::Relaxed);
+                }
                 let index = hsm.log_index();
                 outbox.send(answer, indexed_response(id, index, result), permit);
             }) as Job);
@@ -926,6 +934,7 @@ fn health(shared: &Shared) -> Reply {
         term: metrics.current_term,
         members,
         membership_index,
+        signs: shared.signs.load(Ordering::Relaxed),
     })
 }
 

@@ -91,6 +91,9 @@ pub struct Health {
     /// The log index of the membership `members` comes from: of two answers, the one with
     /// the higher index is the newer membership.
     pub membership_index: u64,
+    /// Signatures this node made since it started (`Sign` requests answered with a
+    /// signature).
+    pub signs: u64,
 }
 
 /// One member of a cluster's replication group.

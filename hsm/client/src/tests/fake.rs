@@ -417,6 +417,7 @@ async fn serve(
                     term: 1,
                     members,
                     membership_index,
+                    signs: 0,
                 }
             })),
             _ if ctl

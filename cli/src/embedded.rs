@@ -1,0 +1,250 @@
+//! The embedded HSM cluster of `sealgate serve`: every `node-N.toml` of a cluster directory
+//! runs as a child process (`sealgate node`, this same binary), restarted with back-off when it
+//! exits, and stopped with SIGTERM (by the PID it was started with) when serve stops. The
+//! proxy talks to the nodes only through the client SDK, so no key is ever in its memory.
+
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Longest wait for a node's "listening on" line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// First wait before restarting a node that exited; doubles to [`RESTART_MAX`].
+const RESTART_MIN: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// Longest wait for a node to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running children.
+pub(crate) struct Embedded {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    pids: Vec<(u32, Arc<AtomicU32>)>,
+}
+
+/// The node configurations of a cluster directory, by id.
+pub(crate) fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u32, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_prefix("node-")
+            .and_then(|r| r.strip_suffix(".toml"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            out.push((id, entry.path()));
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        anyhow::bail!(
+            "{} holds no node-N.toml: create the cluster with `sealgate cluster init --dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+impl Embedded {
+    /// Starts every node of `dir` and waits until each listens (or fails to start).
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the sealgate binary")?;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut pids = Vec::new();
+        let mut ready = Vec::new();
+        for (id, config) in node_configs(dir)? {
+            let log = dir.join(format!("node-{id}.log"));
+            let pid = Arc::new(AtomicU32::new(0));
+            let (tx, rx) = oneshot::channel();
+            tasks.push(tokio::spawn(supervise(
+                exe.clone(),
+                id,
+                config,
+                log,
+                Arc::clone(&pid),
+                tx,
+                stop.clone(),
+            )));
+            pids.push((id, pid));
+            ready.push((id, rx));
+        }
+        let this = Self { stop, tasks, pids };
+        for (id, rx) in ready {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    this.stop().await;
+                    return Err(e.context(format!("HSM node {id} did not start")));
+                }
+                Err(_) => {
+                    this.stop().await;
+                    anyhow::bail!("HSM node {id} did not start");
+                }
+            }
+        }
+        Ok(this)
+    }
+
+    /// The nodes' PIDs now (0 while one restarts).
+    pub(crate) fn pids(&self) -> Vec<(u32, u32)> {
+        self.pids
+            .iter()
+            .map(|(id, pid)| (*id, pid.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a while) and waits.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Spawns `sealgate node --config CONFIG`, stderr appended to `log`, and waits for its
+/// "listening on" line.
+async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut child = Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let wait = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("listening on") {
+                return Ok::<bool, std::io::Error>(true);
+            }
+        }
+        Ok(false)
+    };
+    match tokio::time::timeout(START_TIMEOUT, wait).await {
+        Ok(Ok(true)) => {
+            // Keep reading what it prints later, so it never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(child)
+        }
+        Ok(Ok(false)) | Ok(Err(_)) => {
+            let status = child.wait().await.ok();
+            anyhow::bail!(
+                "it exited ({}); see {}",
+                status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string()),
+                log.display()
+            )
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            anyhow::bail!(
+                "no \"listening on\" within {START_TIMEOUT:?}; see {}",
+                log.display()
+            )
+        }
+    }
+}
+
+/// Sends SIGTERM to `pid` (the PID of a child this process started).
+fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+async fn supervise(
+    exe: PathBuf,
+    id: u32,
+    config: PathBuf,
+    log: PathBuf,
+    pid: Arc<AtomicU32>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    stop: CancellationToken,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = RESTART_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        let mut child = match spawn(&exe, &config, &log).await {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                warn!(
+                    node = id,
+                    "HSM node did not restart: {e:#}; retrying in {backoff:?}"
+                );
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RESTART_MAX);
+                continue;
+            }
+        };
+        pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
+        info!(node = id, pid = child.id().unwrap_or(0), "HSM node running");
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(Ok(()));
+        }
+        tokio::select! {
+            status = child.wait() => {
+                pid.store(0, Ordering::Relaxed);
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = RESTART_MIN;
+                }
+                warn!(
+                    node = id,
+                    "HSM node exited ({}); restarting in {backoff:?} (log: {})",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    log.display()
+                );
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RESTART_MAX);
+            }
+            () = stop.cancelled() => {
+                if let Some(p) = child.id() {
+                    terminate(p);
+                }
+                if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+                    warn!(node = id, "HSM node did not stop within {STOP_TIMEOUT:?}; killing it");
+                    let _ = child.kill().await;
+                }
+                pid.store(0, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Listeners: accept TCP, run the TLS handshake through the handshake driver (the signing step
+//! off the runtime workers), then serve HTTP/1.1 or HTTP/2 (by ALPN) with hyper, each request
+//! through the [`Forwarder`].
+
+use crate::ProxyError;
+use crate::certs::CertResolver;
+use crate::forward::{ClientInfo, Forwarder};
+use crate::signer::{SignCounters, in_handshake_pool};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::server::Acceptor;
+use sealgate_config::{Config, ProxyLimits};
+use sealgate_hsm_client::Client;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Counters of the proxy's work.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Signatures asked of the HSM.
+    pub signs: Arc<SignCounters>,
+    /// TLS handshakes completed (full and resumed).
+    pub handshakes: AtomicU64,
+    /// Handshakes that failed.
+    pub handshake_errors: AtomicU64,
+    /// HTTP requests served.
+    pub requests: AtomicU64,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    addrs: Vec<SocketAddr>,
+    stats: Arc<ProxyStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+/// What every connection of a listener shares.
+struct Listener {
+    tls: Arc<ServerConfig>,
+    forwarder: Arc<Forwarder>,
+    limits: ProxyLimits,
+    handshakes: Arc<Semaphore>,
+    stats: Arc<ProxyStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The TLS configuration of a listener: TLS 1.3 and 1.2 (aws-lc-rs's suites, all AEAD with
+/// forward secrecy), ALPN h2 and http/1.1, stateless session tickets (keys rotated every six
+/// hours by rustls' ticketer) so resumed handshakes need no signature.
+fn tls_config(resolver: CertResolver) -> Result<ServerConfig, ProxyError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
+    Ok(config)
+}
+
+impl Proxy {
+    /// Loads every listener's certificates (keys found in the HSM through `client`), binds the
+    /// listeners and starts serving on the current runtime.
+    pub async fn start(config: &Config, client: Client) -> Result<Self, ProxyError> {
+        let stats = Arc::new(ProxyStats::default());
+        let forwarder = Arc::new(Forwarder::new(config));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handshakes = Arc::new(Semaphore::new(config.proxy.max_handshakes_in_flight));
+        let mut addrs = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let resolver = CertResolver::load(&l.certificates, &client, &stats.signs).await?;
+            let tls = Arc::new(tls_config(resolver)?);
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    address: l.bind,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| ProxyError::Bind {
+                address: l.bind,
+                source,
+            })?;
+            info!(address = %addr, "proxy listening (TLS 1.3/1.2, h2 and http/1.1)");
+            addrs.push(addr);
+            let listener = Arc::new(Listener {
+                tls,
+                forwarder: Arc::clone(&forwarder),
+                limits: config.proxy,
+                handshakes: Arc::clone(&handshakes),
+                stats: Arc::clone(&stats),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            });
+            tracker.spawn(accept_loop(listener, socket));
+        }
+        Ok(Self {
+            addrs,
+            stats,
+            shutdown,
+            tracker,
+            grace: config.proxy.shutdown_grace,
+        })
+    }
+
+    /// The listeners' addresses (real ports when 0 was configured), in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The proxy's counters.
+    pub fn stats(&self) -> &Arc<ProxyStats> {
+        &self.stats
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the grace period), then returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("connections still open after the grace period are dropped");
+        }
+    }
+}
+
+async fn accept_loop(listener: Arc<Listener>, socket: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = listener.shutdown.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                let l = Arc::clone(&listener);
+                listener.tracker.spawn(connection(l, tcp, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors, say: pause instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The TLS handshake: the ClientHello is read on the runtime; the step in which rustls signs
+/// (`into_stream`) runs on a blocking thread, at most `max_handshakes_in_flight` at once; the
+/// rest of the handshake runs on the runtime again.
+async fn handshake(
+    l: &Listener,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
+        .await
+        .map_err(|e| format!("no valid ClientHello: {e}"))?;
+    let permit = Arc::clone(&l.handshakes)
+        .acquire_owned()
+        .await
+        .map_err(|_| "shutting down".to_owned())?;
+    let config = Arc::clone(&l.tls);
+    let accept = tokio::task::spawn_blocking(move || {
+        let accept = in_handshake_pool(|| start.into_stream(config));
+        drop(permit);
+        accept
+    })
+    .await
+    .map_err(|e| format!("handshake task failed: {e}"))?;
+    accept
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))
+}
+
+async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
+    let tls = match tokio::time::timeout(l.limits.handshake_timeout, handshake(&l, tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            l.stats.handshake_errors.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "{e}");
+            return;
+        }
+        Err(_) => {
+            l.stats.handshake_errors.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "no TLS handshake within {:?}", l.limits.handshake_timeout);
+            return;
+        }
+    };
+    l.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    let forwarder = Arc::clone(&l.forwarder);
+    let stats = Arc::clone(&l.stats);
+    let info = ClientInfo { addr: peer };
+    let service = service_fn(move |req| {
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let f = Arc::clone(&forwarder);
+        async move { Ok::<_, std::convert::Infallible>(f.handle(req, info).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.limits.request_header_timeout)
+        .max_buf_size(l.limits.max_header_bytes.max(8192))
+        .max_headers(l.limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(l.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(l.limits.idle_timeout / 2));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, "connection ended: {e}");
+            }
+        }
+        () = l.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! `sealgate serve --dev` as a user runs it, with real clients: it creates a 3-node embedded
+//! HSM cluster, a crypto user, a P-256 key in the HSM and a certificate that key signed, and
+//! serves HTTPS in front of its demo upstream. curl reaches the upstream over HTTP/1.1 and
+//! HTTP/2; `openssl s_client` sees TLS 1.3 and the certificate; every full handshake costs the
+//! HSM nodes exactly one signature and a resumed one none. SIGTERM stops serve and its nodes;
+//! a second start reuses everything.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use sealgate_hsm_client::{Client, ClientConfig};
+use sealgate_hsm_proto::{Reply, Request};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `sealgate serve --dev`; stopped by its PID when dropped.
+struct Serve {
+    child: Child,
+    port: u16,
+    output: Vec<String>,
+    node_pids: Vec<u32>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Serve {
+    fn start(dir: &Path, log: &Path) -> Self {
+        let port = free_port();
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(support::sealgate_bin())
+            .args(["serve", "--dev", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut output = Vec::new();
+        while !output.iter().any(|l: &String| l.starts_with("try: curl")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => output.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "serve --dev did not start within 120 s; stdout {output:?}; log:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let node_pids = output
+            .iter()
+            .find(|l| l.starts_with("HSM nodes"))
+            .map(|l| {
+                l.split("pid ")
+                    .skip(1)
+                    .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            child,
+            port,
+            output,
+            node_pids,
+        }
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve ignored SIGTERM for 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // A failed test: stop serve (it stops its nodes); kill what remains.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in &self.node_pids {
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = Command::new("kill")
+                        .arg("-KILL")
+                        .arg(pid.to_string())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir);
+    support::run_bounded(cmd, None)
+}
+
+fn curl(dir: &Path, port: u16, extra: &[&str]) -> Output {
+    let url = format!("https://localhost:{port}/hello?from=curl");
+    let mut args = vec!["-sS", "--max-time", "20", "--cacert", "data/dev-cert.pem"];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    run("curl", &args, dir)
+}
+
+/// Signatures made by all HSM nodes so far (`Health::signs`).
+async fn signs(cluster: &Path) -> u64 {
+    let config = ClientConfig::load(&cluster.join("client.toml")).unwrap();
+    let client = Client::connect(config, None).await.unwrap();
+    let mut total = 0;
+    for node in client.nodes() {
+        match client.call_on(node.id, Request::Health).await {
+            Ok(Reply::Health(h)) => total += h.signs,
+            other => panic!("health of node {}: {other:?}", node.id),
+        }
+    }
+    client.close().await;
+    total
+}
+
+/// `openssl s_client` to the proxy, saving (`-sess_out`) or offering (`-sess_in`) a session;
+/// stdin stays open for a second so that the TLS 1.3 tickets arrive.
+fn s_client(dir: &Path, port: u16, session: (&str, &Path)) -> String {
+    let script = format!(
+        "sleep 1 | openssl s_client -connect 127.0.0.1:{port} -servername localhost \
+         -CAfile data/dev-cert.pem {} {}",
+        session.0,
+        session.1.display()
+    );
+    let out = run("sh", &["-c", &script], dir);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_terminates_tls_with_hsm_signed_handshakes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_owned();
+    let data = dir.join("data");
+    let cluster = data.join("cluster");
+    let mut serve = Serve::start(&data, &dir.join("serve.log"));
+    let text = serve.output.join("\n");
+    assert!(text.contains("created a 3-node HSM cluster"), "{text}");
+    assert!(
+        text.contains("generated an ECDSA P-256 key in the HSM"),
+        "{text}"
+    );
+    assert_eq!(serve.node_pids.len(), 3, "{text}");
+    for file in ["officer-password", "proxy-password"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+
+    // HTTP/1.1 and HTTP/2 through the proxy to the demo upstream.
+    let before = signs(&cluster).await;
+    let out = curl(&dir, serve.port, &["--http1.1"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        body.contains("Hello from sealgate's demo upstream"),
+        "{body}"
+    );
+    assert!(body.contains("GET /hello?from=curl"), "{body}");
+    assert!(body.contains("x-forwarded-for    127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto  https"), "{body}");
+    let out = curl(
+        &dir,
+        serve.port,
+        &[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    // Two full handshakes, two signatures by the HSM nodes.
+    assert_eq!(signs(&cluster).await - before, 2);
+
+    // openssl: TLS 1.3, the certificate, verified; then a resumed session signs nothing.
+    let session = dir.join("session.pem");
+    let full = s_client(&dir, serve.port, ("-sess_out", &session));
+    assert!(full.contains("New, TLSv1.3"), "{full}");
+    assert!(full.contains("CN = sealgate dev"), "{full}");
+    assert!(full.contains("Verify return code: 0 (ok)"), "{full}");
+    let after_full = signs(&cluster).await;
+    assert_eq!(after_full - before, 3);
+    let resumed = s_client(&dir, serve.port, ("-sess_in", &session));
+    assert!(resumed.contains("Reused, TLSv1.3"), "{resumed}");
+    assert_eq!(
+        signs(&cluster).await,
+        after_full,
+        "a resumed handshake needs no signature"
+    );
+
+    // SIGTERM stops serve and the nodes it started.
+    let status = serve.stop();
+    assert!(status.success(), "{status}");
+    for pid in &serve.node_pids {
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            !PathBuf::from(format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "node pid {pid} still runs after serve stopped");
+    }
+
+    // A second start reuses the cluster, the key and the certificate.
+    let mut serve = Serve::start(&data, &dir.join("serve2.log"));
+    let text = serve.output.join("\n");
+    assert!(text.contains("reused the HSM cluster"), "{text}");
+    assert!(text.contains("reused the key"), "{text}");
+    let out = curl(&dir, serve.port, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(serve.stop().success());
+}
