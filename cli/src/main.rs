@@ -10,7 +10,9 @@
 //! otherwise). Passwords are never taken from the command line.
 #![forbid(unsafe_code)]
 
+mod cert;
 mod cluster;
+mod config;
 mod credentials;
 mod crypto;
 mod embedded;
@@ -70,6 +72,12 @@ enum Command {
     /// (the cluster's nodes run as child processes of serve, restarted if they exit). Prints
     /// where it listens on stdout. Logs go to stderr (SEALGATE_LOG, default info).
     Serve(serve::ServeArgs),
+    /// Check a configuration file for `serve` without starting anything.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Make a self-signed certificate or a signing request for an HSM key.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Run one HSM node until SIGTERM or SIGINT.
     ///
     /// Once it listens, the node prints `sealgate node ID listening on ADDRESS` on stdout, as
@@ -182,8 +190,9 @@ async fn manage(command: Command, target: credentials::Target) -> anyhow::Result
         Command::User(c) => user::run(c, &target).await,
         Command::Key(c) => key::run(c, &target).await,
         Command::Crypto(c) => crypto::run(c, &target).await,
+        Command::Cert(c) => cert::run(c, &target).await,
         // Dispatched in `run`, with their own runtimes.
-        Command::Node(_) | Command::Serve(_) => Err(output::error(
+        Command::Node(_) | Command::Serve(_) | Command::Config(_) => Err(output::error(
             "failed",
             "node and serve do not run inside a management runtime",
         )),
@@ -199,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<Report> {
         // The node and serve build their own runtimes; init needs none.
         Command::Node(args) => node::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Config(c) => config::run(&c),
         Command::Cluster(cluster::ClusterCommand::Init(args)) => cluster::init(args),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -331,6 +341,11 @@ mod tests {
             "cluster add-node",
             "cluster add-node --dir /tmp/x --id 5 --host 127.0.0.1 --port 3000",
             "cluster remove-node --id 4",
+            "cert self-sign --label web --name localhost --name 127.0.0.1 --days 30 --out c.pem",
+            "cert csr --handle 7 --name example.com",
+            "config check --config sealgate.toml",
+            "serve --dev",
+            "serve --config sealgate.toml",
             "user list",
             "user create --name alice --role cu",
             "user delete --name alice",

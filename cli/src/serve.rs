@@ -14,9 +14,7 @@ use anyhow::Context as _;
 use clap::Args;
 use sealgate_config::{Config, HsmMode};
 use sealgate_hsm_client::{Client, ClientConfig, ClientError, Credentials};
-use sealgate_hsm_proto::{
-    AttributeValue, Curve, ErrorKind, HashAlg, KeySpec, Reply, Request, Role, Secret, SignMechanism,
-};
+use sealgate_hsm_proto::{AttributeValue, Curve, ErrorKind, KeySpec, Reply, Request, Role, Secret};
 use sealgate_proxy::Proxy;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -179,38 +177,6 @@ fn free_base_port() -> anyhow::Result<u16> {
     anyhow::bail!("no three free consecutive ports between 22250 and 23000 on 127.0.0.1")
 }
 
-/// The rcgen view of the dev key: its public half, and signatures made by the HSM.
-struct HsmCertKey {
-    client: Client,
-    handle: u64,
-    public: Vec<u8>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl rcgen::PublicKeyData for HsmCertKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.public
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_ECDSA_P256_SHA256
-    }
-}
-
-impl rcgen::SigningKey for HsmCertKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let request = Request::Sign {
-            handle: self.handle,
-            mechanism: SignMechanism::Ecdsa(HashAlg::Sha256),
-            data: msg.to_vec(),
-        };
-        match self.runtime.block_on(self.client.call(request)) {
-            Ok(Reply::Data(signature)) => Ok(signature),
-            _ => Err(rcgen::Error::RemoteKeyError),
-        }
-    }
-}
-
 /// Creates what is missing in the dev data directory: the cluster (started), its activation,
 /// the crypto user, the key and the certificate. Returns what it did, for the summary.
 async fn dev_setup(dir: &Path, cluster: &Path) -> anyhow::Result<(Embedded, Vec<String>)> {
@@ -319,43 +285,9 @@ async fn dev_key_and_cert(client: &Client, cert_file: &Path) -> anyhow::Result<u
         anyhow::bail!("unexpected answer to key generation");
     };
     let private = *handles.get(1).context("no private key handle")?;
-    let spki = match client
-        .call(Request::ExportPublicKey { handle: private })
-        .await?
-    {
-        Reply::PublicKey { der, .. } => der,
-        _ => anyhow::bail!("unexpected answer to export-public-key"),
-    };
-    use x509_parser::prelude::FromDer as _;
-    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki)
-        .map_err(|e| anyhow::anyhow!("the key's public half does not parse: {e}"))?;
-    let key = HsmCertKey {
-        client: client.clone(),
-        handle: private,
-        public: info.subject_public_key.data.to_vec(),
-        runtime: tokio::runtime::Handle::current(),
-    };
-    // rcgen signs synchronously: let it wait for the HSM on a blocking thread.
-    let pem = tokio::task::spawn_blocking(move || {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "sealgate dev");
-        let now = std::time::SystemTime::now();
-        params.not_before = now
-            .checked_sub(Duration::from_secs(3600))
-            .unwrap_or(now)
-            .into();
-        params.not_after = now
-            .checked_add(Duration::from_secs(365 * 24 * 3600))
-            .unwrap_or(now)
-            .into();
-        params.self_signed(&key).map(|c| c.pem())
-    })
-    .await
-    .context("certificate task failed")?
-    .map_err(|e| anyhow::anyhow!("cannot make the certificate: {e}"))?;
+    let key = crate::cert::HsmCertKey::new(client, private).await?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let pem = crate::cert::self_signed(key, names, 365).await?;
     std::fs::write(cert_file, pem)
         .with_context(|| format!("cannot write {}", cert_file.display()))?;
     Ok(private)
