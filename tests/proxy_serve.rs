@@ -232,7 +232,7 @@ async fn serve_dev_terminates_tls_with_hsm_signed_handshakes() {
     let session = dir.join("session.pem");
     let full = s_client(&dir, serve.port, ("-sess_out", &session));
     assert!(full.contains("New, TLSv1.3"), "{full}");
-    assert!(full.contains("CN = sealgate dev"), "{full}");
+    assert!(full.contains("CN = localhost"), "{full}");
     assert!(full.contains("Verify return code: 0 (ok)"), "{full}");
     let after_full = signs(&cluster).await;
     assert_eq!(after_full - before, 3);
@@ -266,5 +266,171 @@ async fn serve_dev_terminates_tls_with_hsm_signed_handshakes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(serve.stop().success());
+}
+
+/// A plain HTTP/1.1 upstream on 127.0.0.1 that answers every request, keep-alive, with `body`.
+fn fixed_upstream(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One TLS connection to the proxy, for several HTTP/1.1 requests in turn.
+struct KeepAlive {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl KeepAlive {
+    async fn connect(port: u16, ca: &Path) -> Self {
+        let config = support::raw::client_config(ca, None);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        Self { tls }
+    }
+
+    /// `GET path`; the status and body (by content-length), within 10 s.
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        let exchange = async {
+            self.tls.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                let n = self.tls.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the proxy closed the keep-alive connection");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let status: u16 = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + length {
+                let n = self.tls.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the proxy closed the connection mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            (
+                status,
+                String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
+            )
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("an answer within 10 s")
+    }
+}
+
+/// Waits (bounded) until `log` has a line with `needle` that it did not have at `from` bytes.
+fn wait_for_log(log: &Path, from: usize, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text
+            .get(from..)
+            .and_then(|t| t.lines().find(|l| l.contains(needle)))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_owned();
+    let data = dir.join("data");
+    let log = dir.join("serve.log");
+    let mut serve = Serve::start(&data, &log);
+    let other = fixed_upstream("other upstream\n");
+    let mut conn = KeepAlive::connect(serve.port, &data.join("dev-cert.pem")).await;
+    let (status, body) = conn.get("/other").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("demo upstream"), "{body}");
+
+    // A new route for /other, to another pool: SIGHUP applies it to the open connection.
+    let config_file = data.join("sealgate.toml");
+    let original = std::fs::read_to_string(&config_file).unwrap();
+    let changed = original.replacen(
+        "[[proxy.routes]]",
+        &format!(
+            "[[proxy.routes]]\npath_prefix = \"/other\"\npool = \"other\"\n\n\
+             [[proxy.pools]]\nname = \"other\"\nservers = [\"127.0.0.1:{other}\"]\n\n\
+             [[proxy.routes]]"
+        ),
+        1,
+    );
+    std::fs::write(&config_file, changed).unwrap();
+    let mark = std::fs::metadata(&log).unwrap().len() as usize;
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+    };
+    assert!(hup(serve.child.id()).success());
+    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    let (status, body) = conn.get("/other").await;
+    assert_eq!((status, body.as_str()), (200, "other upstream\n"));
+    let (_, body) = conn.get("/").await;
+    assert!(body.contains("demo upstream"), "{body}");
+
+    // A typo: refused with the file and the key; the running configuration stays.
+    std::fs::write(
+        &config_file,
+        original.replace("[hsm]", "[proxy]\nbogus = 1\n\n[hsm]"),
+    )
+    .unwrap();
+    let mark = std::fs::metadata(&log).unwrap().len() as usize;
+    assert!(hup(serve.child.id()).success());
+    let line = wait_for_log(&log, mark, "reload refused");
+    assert!(line.contains("sealgate.toml: proxy.bogus"), "{line}");
+    let (status, body) = conn.get("/other").await;
+    assert_eq!((status, body.as_str()), (200, "other upstream\n"));
     assert!(serve.stop().success());
 }

@@ -166,15 +166,23 @@ async fn setup_write(
     }
 }
 
-/// A first free port P with P, P+1 and P+2 free on 127.0.0.1.
+/// A port P with P, P+1 and P+2 free on 127.0.0.1, from a random starting point between 22250
+/// and 29999 (so that two dev setups made at once rarely pick the same).
 fn free_base_port() -> anyhow::Result<u16> {
-    for base in (22_250u16..23_000).step_by(3) {
+    const FIRST: u16 = 22_250;
+    const SLOTS: u16 = 2_583; // (30000 - 22250) / 3
+    let start = sealgate_hsm_crypto::random_bytes(2)
+        .ok()
+        .and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok())
+        .map_or(0, |b| u16::from_le_bytes(b) % SLOTS);
+    for k in 0..SLOTS {
+        let base = FIRST + ((start + k) % SLOTS) * 3;
         let free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return Ok(base);
         }
     }
-    anyhow::bail!("no three free consecutive ports between 22250 and 23000 on 127.0.0.1")
+    anyhow::bail!("no three free consecutive ports between 22250 and 30000 on 127.0.0.1")
 }
 
 /// Creates what is missing in the dev data directory: the cluster (started), its activation,
@@ -406,24 +414,56 @@ async fn serve_with(
         ));
     }
     say(&lines.join("\n"));
-    wait_for_signal().await;
+    // SIGHUP reloads the file; SIGTERM and SIGINT stop.
+    while let Signal::Reload = wait_for_signal().await {
+        reload(config, &proxy).await;
+    }
     tracing::info!("shutting down");
     proxy.shutdown().await;
     client.close().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// What a signal asks for.
+enum Signal {
+    Reload,
+    Stop,
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         let _ = tokio::signal::ctrl_c().await;
-        return;
+        return Signal::Stop;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => Signal::Stop,
+        _ = int.recv() => Signal::Stop,
+        _ = hup.recv() => Signal::Reload,
+    }
+}
+
+/// Reads the configuration file again and applies it; on any error the running configuration
+/// stays and the error is logged with the file and key.
+async fn reload(running: &Config, proxy: &Proxy) {
+    let config = match sealgate_config::load(&running.file, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, the running configuration stays: {e}");
+            return;
+        }
+    };
+    if config.hsm != running.hsm {
+        tracing::warn!(
+            "the [hsm] section changed: that takes a restart; applying the rest of the file"
+        );
+    }
+    match proxy.reload(&config).await {
+        Ok(()) => tracing::info!(file = %running.file.display(), "reloaded on SIGHUP"),
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
     }
 }

@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The TLS configuration could not be built.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A reload was refused (the old configuration stays).
+    #[error("reload refused: {0}")]
+    Reload(String),
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
     Bind {

@@ -14,8 +14,8 @@ use rustls::server::Acceptor;
 use sealgate_config::{Config, ProxyLimits};
 use sealgate_hsm_client::Client;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -38,19 +38,34 @@ pub struct ProxyStats {
 }
 
 /// A running proxy.
-#[derive(Debug)]
 pub struct Proxy {
     addrs: Vec<SocketAddr>,
+    listeners: Vec<Arc<Listener>>,
+    forwarder: Arc<RwLock<Arc<Forwarder>>>,
+    client: Client,
     stats: Arc<ProxyStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
 }
 
-/// What every connection of a listener shares.
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every connection of a listener shares. The TLS configuration and the forwarder are
+/// replaced on reload; connections already open keep theirs for TLS, and take the new routes
+/// for their next request.
 struct Listener {
-    tls: Arc<ServerConfig>,
-    forwarder: Arc<Forwarder>,
+    bind: SocketAddr,
+    tls: RwLock<Arc<ServerConfig>>,
+    /// The session-ticket keys, kept across reloads so that resumption goes on.
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    forwarder: Arc<RwLock<Arc<Forwarder>>>,
     limits: ProxyLimits,
     handshakes: Arc<Semaphore>,
     stats: Arc<ProxyStats>,
@@ -61,7 +76,10 @@ struct Listener {
 /// The TLS configuration of a listener: TLS 1.3 and 1.2 (aws-lc-rs's suites, all AEAD with
 /// forward secrecy), ALPN h2 and http/1.1, stateless session tickets (keys rotated every six
 /// hours by rustls' ticketer) so resumed handshakes need no signature.
-fn tls_config(resolver: CertResolver) -> Result<ServerConfig, ProxyError> {
+fn tls_config(
+    resolver: CertResolver,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<ServerConfig, ProxyError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -69,8 +87,7 @@ fn tls_config(resolver: CertResolver) -> Result<ServerConfig, ProxyError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer =
-        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
+    config.ticketer = ticketer;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
     Ok(config)
 }
@@ -80,14 +97,17 @@ impl Proxy {
     /// listeners and starts serving on the current runtime.
     pub async fn start(config: &Config, client: Client) -> Result<Self, ProxyError> {
         let stats = Arc::new(ProxyStats::default());
-        let forwarder = Arc::new(Forwarder::new(config));
+        let forwarder = Arc::new(RwLock::new(Arc::new(Forwarder::new(config))));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let handshakes = Arc::new(Semaphore::new(config.proxy.max_handshakes_in_flight));
         let mut addrs = Vec::with_capacity(config.listeners.len());
+        let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let resolver = CertResolver::load(&l.certificates, &client, &stats.signs).await?;
-            let tls = Arc::new(tls_config(resolver)?);
+            let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| ProxyError::Tls(e.to_string()))?;
+            let tls = Arc::new(tls_config(resolver, Arc::clone(&ticketer))?);
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| ProxyError::Bind {
@@ -101,7 +121,9 @@ impl Proxy {
             info!(address = %addr, "proxy listening (TLS 1.3/1.2, h2 and http/1.1)");
             addrs.push(addr);
             let listener = Arc::new(Listener {
-                tls,
+                bind: l.bind,
+                tls: RwLock::new(tls),
+                ticketer,
                 forwarder: Arc::clone(&forwarder),
                 limits: config.proxy,
                 handshakes: Arc::clone(&handshakes),
@@ -109,10 +131,14 @@ impl Proxy {
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
             });
-            tracker.spawn(accept_loop(listener, socket));
+            tracker.spawn(accept_loop(Arc::clone(&listener), socket));
+            listeners.push(listener);
         }
         Ok(Self {
             addrs,
+            listeners,
+            forwarder,
+            client,
             stats,
             shutdown,
             tracker,
@@ -128,6 +154,37 @@ impl Proxy {
     /// The proxy's counters.
     pub fn stats(&self) -> &Arc<ProxyStats> {
         &self.stats
+    }
+
+    /// Applies a new configuration without dropping a connection: certificates (keys looked
+    /// up in the HSM again), routes and pools. New handshakes use the new certificates; every
+    /// request from now on, on new and open connections, the new routes. The listeners'
+    /// addresses cannot change without a restart. On any error nothing changes.
+    pub async fn reload(&self, config: &Config) -> Result<(), ProxyError> {
+        let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
+        let current: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
+        if binds != current {
+            return Err(ProxyError::Reload(
+                "the listeners' addresses changed; that needs a restart".into(),
+            ));
+        }
+        let mut tls = Vec::with_capacity(self.listeners.len());
+        for (l, c) in self.listeners.iter().zip(&config.listeners) {
+            let resolver =
+                CertResolver::load(&c.certificates, &self.client, &self.stats.signs).await?;
+            tls.push(Arc::new(tls_config(resolver, Arc::clone(&l.ticketer))?));
+        }
+        let forwarder = Arc::new(Forwarder::new(config));
+        for (l, t) in self.listeners.iter().zip(tls) {
+            if let Ok(mut slot) = l.tls.write() {
+                *slot = t;
+            }
+        }
+        if let Ok(mut slot) = self.forwarder.write() {
+            *slot = forwarder;
+        }
+        info!("configuration reloaded");
+        Ok(())
     }
 
     /// Stops accepting, lets requests in flight finish (up to the grace period), then returns.
@@ -178,7 +235,11 @@ async fn handshake(
         .acquire_owned()
         .await
         .map_err(|_| "shutting down".to_owned())?;
-    let config = Arc::clone(&l.tls);
+    let config = l
+        .tls
+        .read()
+        .map(|c| Arc::clone(&c))
+        .map_err(|_| "TLS configuration unavailable".to_owned())?;
     let accept = tokio::task::spawn_blocking(move || {
         let accept = in_handshake_pool(|| start.into_stream(config));
         drop(permit);
@@ -211,8 +272,17 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
     let info = ClientInfo { addr: peer };
     let service = service_fn(move |req| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let f = Arc::clone(&forwarder);
-        async move { Ok::<_, std::convert::Infallible>(f.handle(req, info).await) }
+        // The routes in force now (a reload may have replaced them since the last request).
+        let f = forwarder.read().map(|f| Arc::clone(&f)).ok();
+        async move {
+            Ok::<_, std::convert::Infallible>(match f {
+                Some(f) => f.handle(req, info).await,
+                None => crate::forward::local(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "the proxy's routes are unavailable",
+                ),
+            })
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
