@@ -434,3 +434,103 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
     assert_eq!((status, body.as_str()), (200, "other upstream\n"));
     assert!(serve.stop().success());
 }
+
+/// An HTTP/1.1 upstream that answers an Upgrade with 101 and then echoes every byte.
+fn upgrade_echo_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                if !head.contains("upgrade: echo") {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_passed_through_and_bytes_flow_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_owned();
+    let data = dir.join("data");
+    let log = dir.join("serve.log");
+    let mut serve = Serve::start(&data, &log);
+    let echo = upgrade_echo_upstream();
+    let config_file = data.join("sealgate.toml");
+    let text = std::fs::read_to_string(&config_file).unwrap().replacen(
+        "[[proxy.routes]]",
+        &format!(
+            "[[proxy.routes]]\npath_prefix = \"/ws\"\npool = \"ws\"\n\n\
+             [[proxy.pools]]\nname = \"ws\"\nservers = [\"127.0.0.1:{echo}\"]\n\n\
+             [[proxy.routes]]"
+        ),
+        1,
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let mark = std::fs::metadata(&log).unwrap().len() as usize;
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(serve.child.id().to_string())
+        .status()
+        .unwrap();
+    wait_for_log(&log, mark, "reloaded on SIGHUP");
+
+    let mut conn = KeepAlive::connect(serve.port, &data.join("dev-cert.pem")).await;
+    let exchange = async {
+        conn.tls
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                conn.tls.read(&mut byte).await.unwrap(),
+                1,
+                "closed during the head"
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: echo"), "{head}");
+        for message in [&b"ping"[..], b"second message"] {
+            conn.tls.write_all(message).await.unwrap();
+            let mut back = vec![0u8; message.len()];
+            conn.tls.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, message);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the upgraded exchange within 10 s");
+    assert!(serve.stop().success());
+}

@@ -13,9 +13,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sealgate_config::{Balancing, Config, PoolConfig, RouteConfig};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// A response body: the upstream's, streamed, or one the proxy made.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -39,11 +40,53 @@ pub(crate) trait Phases {
     fn response_headers(&self, headers: &mut HeaderMap);
 }
 
-/// One upstream server and its requests in flight.
+/// Consecutive failed requests (no connection, no answer in time) that eject a server.
+const EJECT_AFTER: u32 = 3;
+/// How long an ejected server gets no requests.
+const EJECT_FOR: Duration = Duration::from_secs(10);
+
+/// One upstream server: its requests in flight and its health.
 #[derive(Debug)]
 struct Server {
     address: String,
     in_flight: AtomicUsize,
+    /// The last active health check's verdict (true without health checks).
+    healthy: AtomicBool,
+    /// Failed requests in a row (passive health).
+    failures: AtomicU32,
+    /// Ejected (passive health) until then.
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Server {
+    fn usable(&self, now: Instant) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self
+                .ejected_until
+                .lock()
+                .map_or(true, |until| until.is_none_or(|t| t <= now))
+    }
+
+    /// Counts a request's outcome; a server that fails `EJECT_AFTER` times in a row is
+    /// ejected for `EJECT_FOR`.
+    fn record(&self, ok: bool, pool: &str) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= EJECT_AFTER {
+            self.failures.store(0, Ordering::Relaxed);
+            if let Ok(mut until) = self.ejected_until.lock() {
+                *until = Some(Instant::now() + EJECT_FOR);
+            }
+            tracing::warn!(
+                pool,
+                server = %self.address,
+                "upstream server ejected for {EJECT_FOR:?} after {failures} failed requests in a row"
+            );
+        }
+    }
 }
 
 /// A pool of servers.
@@ -55,19 +98,33 @@ struct Pool {
 }
 
 impl Pool {
-    /// The server for the next request, avoiding `avoid` when another exists.
+    /// The server for the next request, avoiding `avoid` when another exists: among the
+    /// healthy, not ejected servers, or among all when none is (as Envoy's panic mode: better
+    /// a server that may fail than none).
     fn pick(&self, avoid: Option<usize>) -> usize {
         let n = self.servers.len();
-        let candidates = (0..n).filter(|i| Some(*i) != avoid || n == 1);
+        let now = Instant::now();
+        let usable: Vec<usize> = (0..n)
+            .filter(|i| self.servers.get(*i).is_some_and(|s| s.usable(now)))
+            .collect();
+        let mut candidates: Vec<usize> = if usable.is_empty() {
+            (0..n).collect()
+        } else {
+            usable
+        };
+        if candidates.len() > 1 {
+            candidates.retain(|i| Some(*i) != avoid);
+        }
         match self.config.balancing {
             Balancing::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|i| Some(*i) != avoid || n == 1)
+                let k = self.next.fetch_add(1, Ordering::Relaxed);
+                candidates
+                    .get(k % candidates.len().max(1))
+                    .copied()
                     .unwrap_or(0)
             }
             Balancing::LeastRequests => candidates
+                .into_iter()
                 .min_by_key(|i| {
                     self.servers
                         .get(*i)
@@ -78,12 +135,60 @@ impl Pool {
     }
 }
 
+/// Checks each server of `pool` every interval with `GET path`: a 2xx or 3xx answer within
+/// the timeout is healthy. Runs until `stop`.
+async fn health_checks(
+    pool: Arc<Pool>,
+    client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
+    stop: CancellationToken,
+) {
+    let Some(check) = pool.config.health_check.clone() else {
+        return;
+    };
+    loop {
+        for server in &pool.servers {
+            let uri = format!("http://{}{}", server.address, check.path);
+            let healthy = match Request::get(uri)
+                .header(header::USER_AGENT, "sealgate-health-check")
+                .body(http_body_util::Empty::new())
+            {
+                Ok(req) => matches!(
+                    tokio::time::timeout(check.timeout, client.request(req)).await,
+                    Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
+                ),
+                Err(_) => false,
+            };
+            let was = server.healthy.swap(healthy, Ordering::Relaxed);
+            if was != healthy {
+                tracing::warn!(
+                    pool = %pool.config.name,
+                    server = %server.address,
+                    healthy,
+                    "upstream server health changed"
+                );
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(check.interval) => {}
+        }
+    }
+}
+
 /// Routes, pools and the upstream client of one configuration.
 pub(crate) struct Forwarder {
     routes: Vec<RouteConfig>,
-    pools: Vec<Pool>,
+    pools: Vec<Arc<Pool>>,
+    /// Ends the health checks when this forwarder is replaced (reload) and dropped.
+    stop: CancellationToken,
     client: HttpClient<HttpConnector, Incoming>,
     empty_client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -203,6 +308,38 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     Some(raw.to_ascii_lowercase())
 }
 
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if req.version() != http::Version::HTTP_11 || !asks {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections
+/// until either side closes.
+async fn join_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
+}
+
 /// Whether a request may be sent again to another server after a connect failure: an
 /// idempotent method and no body.
 fn retryable<B: hyper::body::Body>(req: &Request<B>) -> bool {
@@ -215,20 +352,25 @@ fn retryable<B: hyper::body::Body>(req: &Request<B>) -> bool {
 impl Forwarder {
     /// Routes and pools of `config`.
     pub(crate) fn new(config: &Config) -> Self {
-        let pools = config
+        let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Pool {
-                servers: p
-                    .servers
-                    .iter()
-                    .map(|s| Server {
-                        address: s.clone(),
-                        in_flight: AtomicUsize::new(0),
-                    })
-                    .collect(),
-                config: p.clone(),
-                next: AtomicUsize::new(0),
+            .map(|p| {
+                Arc::new(Pool {
+                    servers: p
+                        .servers
+                        .iter()
+                        .map(|s| Server {
+                            address: s.clone(),
+                            in_flight: AtomicUsize::new(0),
+                            healthy: AtomicBool::new(true),
+                            failures: AtomicU32::new(0),
+                            ejected_until: Mutex::new(None),
+                        })
+                        .collect(),
+                    config: p.clone(),
+                    next: AtomicUsize::new(0),
+                })
             })
             .collect();
         let connect_timeout = config
@@ -246,9 +388,18 @@ impl Forwarder {
         let empty_client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let stop = CancellationToken::new();
+        for pool in pools.iter().filter(|p| p.config.health_check.is_some()) {
+            tokio::spawn(health_checks(
+                Arc::clone(pool),
+                empty_client.clone(),
+                stop.clone(),
+            ));
+        }
         Self {
             routes: config.routes.clone(),
             pools,
+            stop,
             client,
             empty_client,
         }
@@ -257,10 +408,14 @@ impl Forwarder {
     /// Serves one request.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<ProxyBody> {
         let host = request_host(&req);
+        // An HTTP/1.1 Upgrade (WebSocket, say): the Upgrade header survives, and once the
+        // upstream answers 101 the two connections are joined.
+        let upgrade =
+            upgrade_protocol(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let Some(route) = self.route(host.as_deref(), req.uri().path()) else {
             return local(StatusCode::NOT_FOUND, "no route for this host and path");
         };
@@ -276,6 +431,12 @@ impl Forwarder {
             }
         }
         parts.version = http::Version::HTTP_11;
+        if let Some((protocol, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         let path = parts
             .uri
             .path_and_query()
@@ -306,6 +467,18 @@ impl Forwarder {
             self.send(pool, first, &path, req).await
         };
         match response {
+            Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let Some((_, client_side)) = upgrade else {
+                    return local(
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream server switched protocols unasked",
+                    );
+                };
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(join_upgraded(client_side, upstream_side));
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, body.boxed())
+            }
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 self.response_headers(&mut parts.headers);
@@ -348,7 +521,15 @@ impl Forwarder {
         let result =
             tokio::time::timeout(pool.config.response_timeout, self.client.request(req)).await;
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        classify(result)
+        let result = classify(result);
+        server.record(
+            !matches!(
+                result,
+                Err(UpstreamError::Connect(_) | UpstreamError::Timeout)
+            ),
+            &pool.config.name,
+        );
+        result
     }
 
     async fn send_empty(
@@ -366,7 +547,15 @@ impl Forwarder {
             tokio::time::timeout(pool.config.response_timeout, self.empty_client.request(req))
                 .await;
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        classify(result)
+        let result = classify(result);
+        server.record(
+            !matches!(
+                result,
+                Err(UpstreamError::Connect(_) | UpstreamError::Timeout)
+            ),
+            &pool.config.name,
+        );
+        result
     }
 }
 
@@ -415,6 +604,67 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    fn pool(balancing: Balancing, n: usize) -> Pool {
+        Pool {
+            config: PoolConfig {
+                name: "p".into(),
+                servers: (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect(),
+                balancing,
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(1),
+                health_check: None,
+            },
+            servers: (0..n)
+                .map(|i| Server {
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                    in_flight: AtomicUsize::new(0),
+                    healthy: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
+                    ejected_until: Mutex::new(None),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn picks(p: &Pool, avoid: Option<usize>) -> std::collections::BTreeSet<usize> {
+        (0..30).map(|_| p.pick(avoid)).collect()
+    }
+
+    #[test]
+    fn unhealthy_and_ejected_servers_get_no_requests_unless_none_is_left() {
+        for balancing in [Balancing::RoundRobin, Balancing::LeastRequests] {
+            let p = pool(balancing, 3);
+            if balancing == Balancing::RoundRobin {
+                assert_eq!(picks(&p, None).len(), 3);
+            }
+            p.servers[0].healthy.store(false, Ordering::Relaxed);
+            for _ in 0..EJECT_AFTER {
+                p.servers[1].record(false, "p");
+            }
+            assert_eq!(picks(&p, None), [2].into(), "{balancing:?}");
+            // Avoiding the only usable server still gives it: there is no other.
+            assert_eq!(picks(&p, Some(2)), [2].into(), "{balancing:?}");
+            p.servers[2].healthy.store(false, Ordering::Relaxed);
+            // None usable: every server is a candidate again.
+            assert!(picks(&p, None).len() > 1 || balancing == Balancing::LeastRequests);
+        }
+        // Failures must be consecutive: a success in between resets the count.
+        let p = pool(Balancing::RoundRobin, 2);
+        p.servers[0].record(false, "p");
+        p.servers[0].record(false, "p");
+        p.servers[0].record(true, "p");
+        p.servers[0].record(false, "p");
+        assert_eq!(picks(&p, None).len(), 2);
+    }
+
+    #[test]
+    fn least_requests_prefers_the_idle_server() {
+        let p = pool(Balancing::LeastRequests, 2);
+        p.servers[0].in_flight.store(5, Ordering::Relaxed);
+        assert_eq!(picks(&p, None), [1].into());
     }
 
     #[test]
