@@ -432,6 +432,21 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
     assert!(line.contains("sealgate.toml: proxy.bogus"), "{line}");
     let (status, body) = conn.get("/other").await;
     assert_eq!((status, body.as_str()), (200, "other upstream\n"));
+
+    // HTTP/2 to the demo upstream (h2c): the upstream sees HTTP/2.
+    let (_, body) = conn.get("/").await;
+    assert!(body.contains("HTTP/1.1"), "{body}");
+    std::fs::write(
+        &config_file,
+        original.replace("name = \"demo\"", "name = \"demo\"\nprotocol = \"h2c\""),
+    )
+    .unwrap();
+    let mark = std::fs::metadata(&log).unwrap().len() as usize;
+    assert!(hup(serve.child.id()).success());
+    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    let (status, body) = conn.get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("HTTP/2.0"), "{body}");
     assert!(serve.stop().success());
 }
 

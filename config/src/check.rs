@@ -103,6 +103,15 @@ pub enum Balancing {
     LeastRequests,
 }
 
+/// How the proxy talks to a pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, keep-alive.
+    Http1,
+    /// HTTP/2 over plain TCP (prior knowledge).
+    H2c,
+}
+
 /// An upstream pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -112,6 +121,8 @@ pub struct PoolConfig {
     pub servers: Vec<String>,
     /// How a server is chosen.
     pub balancing: Balancing,
+    /// HTTP/1.1 or HTTP/2 to the servers.
+    pub protocol: UpstreamProtocol,
     /// Longest wait for a connection to a server.
     pub connect_timeout: Duration,
     /// Longest wait for response headers.
@@ -454,6 +465,16 @@ fn check_pool(
             ));
         }
     };
+    let protocol = match pool.protocol.as_str() {
+        "http1" => UpstreamProtocol::Http1,
+        "h2c" => UpstreamProtocol::H2c,
+        other => {
+            return Err(invalid(
+                key("protocol"),
+                format!("{other:?} is neither \"http1\" nor \"h2c\""),
+            ));
+        }
+    };
     let health_check = match &pool.health_check {
         None => None,
         Some(RawHealthCheck {
@@ -478,6 +499,7 @@ fn check_pool(
         name: pool.name.clone(),
         servers: pool.servers.clone(),
         balancing,
+        protocol,
         connect_timeout: ms(pool.connect_timeout_ms, &key("connect_timeout_ms"))?,
         response_timeout: ms(pool.response_timeout_ms, &key("response_timeout_ms"))?,
         health_check,

@@ -120,6 +120,10 @@ pub struct RawPool {
     /// `round-robin` or `least-requests`.
     #[serde(default = "round_robin")]
     pub balancing: String,
+    /// How the proxy talks to the servers: `http1` (HTTP/1.1 keep-alive) or `h2c` (HTTP/2
+    /// without TLS, prior knowledge).
+    #[serde(default = "http1")]
+    pub protocol: String,
     /// Longest wait for a TCP connection to a server, ms.
     #[serde(default = "connect_timeout")]
     pub connect_timeout_ms: u64,
@@ -133,6 +137,10 @@ pub struct RawPool {
 
 fn round_robin() -> String {
     "round-robin".to_owned()
+}
+
+fn http1() -> String {
+    "http1".to_owned()
 }
 
 fn connect_timeout() -> u64 {

@@ -25,13 +25,14 @@ fn page(req: &Request<Incoming>) -> String {
         "Hello from sealgate's demo upstream.\n\
          You reached it through sealgate: TLS terminated by the proxy, the handshake signed by \
          the HSM cluster.\n\n\
-         request            {} {}\n\
+         request            {} {} {:?}\n\
          host               {}\n\
          x-forwarded-for    {}\n\
          x-forwarded-proto  {}\n\
          forwarded          {}\n",
         req.method(),
         req.uri(),
+        req.version(),
         header("host"),
         header("x-forwarded-for"),
         header("x-forwarded-proto"),

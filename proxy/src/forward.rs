@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sealgate_config::{Balancing, Config, PoolConfig, RouteConfig};
+use sealgate_config::{Balancing, Config, PoolConfig, RouteConfig, UpstreamProtocol};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -183,6 +183,9 @@ pub(crate) struct Forwarder {
     stop: CancellationToken,
     client: HttpClient<HttpConnector, Incoming>,
     empty_client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
+    /// The same for pools spoken to in HTTP/2 (h2c, prior knowledge).
+    h2_client: HttpClient<HttpConnector, Incoming>,
+    h2_empty_client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
 }
 
 impl Drop for Forwarder {
@@ -387,6 +390,14 @@ impl Forwarder {
             .build(connector.clone());
         let empty_client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let h2_client = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
+            .build(connector.clone());
+        let h2_empty_client = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
             .build(connector);
         let stop = CancellationToken::new();
         for pool in pools.iter().filter(|p| p.config.health_check.is_some()) {
@@ -402,6 +413,8 @@ impl Forwarder {
             stop,
             client,
             empty_client,
+            h2_client,
+            h2_empty_client,
         }
     }
 
@@ -430,7 +443,10 @@ impl Forwarder {
                 parts.headers.insert(header::HOST, v);
             }
         }
-        parts.version = http::Version::HTTP_11;
+        parts.version = match pool.config.protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::H2c => http::Version::HTTP_2,
+        };
         if let Some((protocol, _)) = &upgrade {
             parts
                 .headers
@@ -518,8 +534,11 @@ impl Forwarder {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
         *req.uri_mut() = Self::uri(&server.address, path)?;
         server.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result =
-            tokio::time::timeout(pool.config.response_timeout, self.client.request(req)).await;
+        let client = match pool.config.protocol {
+            UpstreamProtocol::Http1 => &self.client,
+            UpstreamProtocol::H2c => &self.h2_client,
+        };
+        let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
         let result = classify(result);
         server.record(
@@ -543,9 +562,11 @@ impl Forwarder {
         parts.uri = Self::uri(&server.address, path)?;
         let req = Request::from_parts(parts.clone(), http_body_util::Empty::new());
         server.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result =
-            tokio::time::timeout(pool.config.response_timeout, self.empty_client.request(req))
-                .await;
+        let client = match pool.config.protocol {
+            UpstreamProtocol::Http1 => &self.empty_client,
+            UpstreamProtocol::H2c => &self.h2_empty_client,
+        };
+        let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
         let result = classify(result);
         server.record(
@@ -612,6 +633,7 @@ mod tests {
                 name: "p".into(),
                 servers: (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect(),
                 balancing,
+                protocol: UpstreamProtocol::Http1,
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(1),
                 health_check: None,
