@@ -20,7 +20,7 @@ mod forward;
 mod server;
 pub mod signer;
 
-pub use server::{Proxy, ProxyStats};
+pub use server::{HandshakeDriver, Proxy, ProxyStats};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -37,6 +37,26 @@ pub struct ProxyStats {
     pub requests: AtomicU64,
 }
 
+/// Where the signing step of a handshake runs (DESIGN.md §2). `Offload` is the default;
+/// `BlockInPlace` exists to measure the alternative (`SEALGATE_HANDSHAKE_DRIVER=block-in-place`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeDriver {
+    /// The ClientHello read on the runtime, the signing step on a bounded blocking pool.
+    Offload,
+    /// The whole handshake on the runtime; the signer waits with `block_in_place`.
+    BlockInPlace,
+}
+
+impl HandshakeDriver {
+    /// The driver `SEALGATE_HANDSHAKE_DRIVER` names (`offload` or `block-in-place`).
+    pub fn from_env() -> Self {
+        match std::env::var("SEALGATE_HANDSHAKE_DRIVER").as_deref() {
+            Ok("block-in-place") => Self::BlockInPlace,
+            _ => Self::Offload,
+        }
+    }
+}
+
 /// A running proxy.
 pub struct Proxy {
     addrs: Vec<SocketAddr>,
@@ -66,6 +86,7 @@ struct Listener {
     /// The session-ticket keys, kept across reloads so that resumption goes on.
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     forwarder: Arc<RwLock<Arc<Forwarder>>>,
+    driver: HandshakeDriver,
     limits: ProxyLimits,
     handshakes: Arc<Semaphore>,
     stats: Arc<ProxyStats>,
@@ -125,6 +146,7 @@ impl Proxy {
                 tls: RwLock::new(tls),
                 ticketer,
                 forwarder: Arc::clone(&forwarder),
+                driver: HandshakeDriver::from_env(),
                 limits: config.proxy,
                 handshakes: Arc::clone(&handshakes),
                 stats: Arc::clone(&stats),
@@ -228,6 +250,17 @@ async fn handshake(
     l: &Listener,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    if l.driver == HandshakeDriver::BlockInPlace {
+        let config = l
+            .tls
+            .read()
+            .map(|c| Arc::clone(&c))
+            .map_err(|_| "TLS configuration unavailable".to_owned())?;
+        return tokio_rustls::TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"));
+    }
     let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
         .await
         .map_err(|e| format!("no valid ClientHello: {e}"))?;
