@@ -549,3 +549,82 @@ async fn an_upgrade_is_passed_through_and_bytes_flow_both_ways() {
         .expect("the upgraded exchange within 10 s");
     assert!(serve.stop().success());
 }
+
+/// Runs the CLI against the dev cluster as its crypto user.
+fn sg_dev(data: &Path, args: &[&str]) -> Output {
+    let password = std::fs::read_to_string(data.join("proxy-password")).unwrap();
+    let mut cmd = Command::new(support::sealgate_bin());
+    cmd.args(args)
+        .env("SEALGATE_CLUSTER", data.join("cluster/client.toml"))
+        .env("SEALGATE_USER", "proxy")
+        .env("SEALGATE_PASSWORD", password.trim());
+    support::run_bounded(cmd, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_and_an_ecdsa_certificate_for_one_name_are_chosen_by_the_client() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_owned();
+    let data = dir.join("data");
+    let log = dir.join("serve.log");
+    let mut serve = Serve::start(&data, &log);
+    // An RSA-2048 key in the HSM and its certificate, made with the CLI.
+    for args in [
+        &[
+            "key", "generate", "rsa", "--bits", "2048", "--label", "web-rsa",
+        ][..],
+        &[
+            "cert",
+            "self-sign",
+            "--label",
+            "web-rsa",
+            "--name",
+            "localhost",
+            "--out",
+        ][..],
+    ] {
+        let mut args = args.to_vec();
+        let out_file = data.join("rsa-cert.pem");
+        let out_text = out_file.display().to_string();
+        if args[0] == "cert" {
+            args.push(&out_text);
+        }
+        let out = sg_dev(&data, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config_file = data.join("sealgate.toml");
+    let text = std::fs::read_to_string(&config_file).unwrap().replacen(
+        "[[proxy.routes]]",
+        "[[proxy.listeners.certificates]]\nchain = \"rsa-cert.pem\"\nkey = { label = \"web-rsa\" }\n\n[[proxy.routes]]",
+        1,
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let mark = std::fs::metadata(&log).unwrap().len() as usize;
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(serve.child.id().to_string())
+        .status()
+        .unwrap();
+    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    let handshake = |sigalgs: &str| {
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername localhost -sigalgs {sigalgs} </dev/null",
+            serve.port
+        );
+        let out = run("sh", &["-c", &script], &dir);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ec = handshake("ecdsa_secp256r1_sha256");
+    assert!(ec.contains("Server public key is 256 bit"), "{ec}");
+    let rsa = handshake("rsa_pss_rsae_sha256");
+    assert!(rsa.contains("Server public key is 2048 bit"), "{rsa}");
+    assert!(rsa.contains("Peer signature type: RSA-PSS"), "{rsa}");
+    // A client that accepts both gets the first listed (ECDSA).
+    let both = handshake("ecdsa_secp256r1_sha256:rsa_pss_rsae_sha256");
+    assert!(both.contains("Server public key is 256 bit"), "{both}");
+    assert!(serve.stop().success());
+}
