@@ -628,3 +628,23 @@ async fn an_rsa_and_an_ecdsa_certificate_for_one_name_are_chosen_by_the_client()
     assert!(both.contains("Server public key is 256 bit"), "{both}");
     assert!(serve.stop().success());
 }
+
+#[test]
+fn serve_killed_without_warning_takes_its_nodes_down() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut serve = Serve::start(&data, &root.path().join("serve.log"));
+    assert_eq!(serve.node_pids.len(), 3);
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    // The nodes' standard input was a pipe serve held: it closed, and they stopped.
+    for pid in &serve.node_pids {
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            !PathBuf::from(format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        });
+        assert!(gone, "node pid {pid} outlived serve by 10 s");
+    }
+}

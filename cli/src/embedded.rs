@@ -120,6 +120,8 @@ impl Embedded {
 /// Spawns `sealgate node --config CONFIG`, stderr appended to `log`, and waits for its
 /// "listening on" line.
 async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    // The node's standard input is a pipe this process holds (in the `Child`): if serve dies,
+    // even by SIGKILL, the pipe closes and the node stops (`--stop-on-stdin-eof`).
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -129,7 +131,8 @@ async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
         .arg("node")
         .arg("--config")
         .arg(config)
-        .stdin(Stdio::null())
+        .arg("--stop-on-stdin-eof")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
@@ -211,6 +214,8 @@ async fn supervise(
                 continue;
             }
         };
+        // Held open while the node runs (`Child::wait` would close it, and the node stop).
+        let _stdin = child.stdin.take();
         pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
         info!(node = id, pid = child.id().unwrap_or(0), "HSM node running");
         if let Some(tx) = ready.take() {

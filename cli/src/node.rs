@@ -12,6 +12,10 @@ pub(crate) struct NodeArgs {
     /// The node's `node.toml` (`cluster init` writes one per node).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,
+    /// Also stop when standard input closes (`sealgate serve` starts its embedded nodes so:
+    /// they end with it even if it is killed).
+    #[arg(long)]
+    pub(crate) stop_on_stdin_eof: bool,
 }
 
 /// Runs one HSM node until SIGTERM or SIGINT. The node prints
@@ -26,7 +30,8 @@ pub(crate) fn run(args: &NodeArgs) -> anyhow::Result<Report> {
     let config = sealgate_hsm_node::NodeConfig::load(&args.config)
         .map_err(|e| error("config", e.to_string()))?;
     let id = config.id;
-    sealgate_hsm_node::run(config).map_err(|e| error("failed", e.to_string()))?;
+    sealgate_hsm_node::run_with(config, args.stop_on_stdin_eof)
+        .map_err(|e| error("failed", e.to_string()))?;
     Ok(Report::human_only(format!("sealgate node {id} stopped")))
 }
 

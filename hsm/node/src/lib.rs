@@ -23,6 +23,6 @@ pub use config::{
     NodeConfigError, NodeFile, NodeSection, TlsSection,
 };
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
-pub use server::{NodeError, NodeHandle, run, start};
+pub use server::{NodeError, NodeHandle, run, run_with, start};
 pub use store::{LOG_KEEP, RedbStore};
 pub use tls::TlsError;

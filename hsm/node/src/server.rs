@@ -380,6 +380,13 @@ fn restrict_to_owner(file: &std::path::Path) -> std::io::Result<()> {
 /// Runs a node until SIGTERM or SIGINT: builds the runtime, starts, prints
 /// `sealgate node ID listening on ADDRESS` on stdout, waits for the signal, shuts down cleanly.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    run_with(config, false)
+}
+
+/// [`run`], and with `stop_on_stdin_eof` also stops (cleanly) when standard input reaches
+/// its end: a supervisor that holds the other end of a pipe (`sealgate serve`) takes its
+/// nodes down with it even when it is killed without a chance to stop them.
+pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sealgate-node")
@@ -392,7 +399,14 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let _ = writeln!(out, "sealgate node {id} listening on {}", node.local_addr());
         let _ = out.flush();
         drop(out);
-        wait_for_signal().await;
+        if stop_on_stdin_eof {
+            tokio::select! {
+                () = wait_for_signal() => {}
+                () = stdin_closed() => info!("standard input closed: the supervisor is gone"),
+            }
+        } else {
+            wait_for_signal().await;
+        }
         info!("shutting down");
         node.shutdown().await;
         info!("stopped");
@@ -401,6 +415,14 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     // Connections that outlived the grace period are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Returns when standard input reaches its end (or fails).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 async fn wait_for_signal() {
