@@ -648,3 +648,61 @@ fn serve_killed_without_warning_takes_its_nodes_down() {
         assert!(gone, "node pid {pid} outlived serve by 10 s");
     }
 }
+
+#[test]
+fn a_bad_configuration_is_refused_with_its_file_and_key_before_anything_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let good = "[[proxy.listeners]]\nbind = \"127.0.0.1:0\"\n\
+                [[proxy.listeners.certificates]]\nchain = \"c.pem\"\nkey = { label = \"k\" }\n\
+                [[proxy.routes]]\npool = \"web\"\n\
+                [[proxy.pools]]\nname = \"web\"\nservers = [\"127.0.0.1:9\"]\n\
+                [hsm]\nmode = \"remote\"\nclient_config = \"client.toml\"\nuser = \"u\"\npassword_file = \"pw\"\n";
+    std::fs::write(dir.join("good.toml"), good).unwrap();
+    let out = run(
+        support::sealgate_bin().to_str().unwrap(),
+        &["config", "check", "--config", "good.toml"],
+        dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("good.toml is valid"));
+    for (name, text, expected) in [
+        (
+            "typo.toml",
+            good.replace("pool = \"web\"", "pool = \"wbe\""),
+            "typo.toml: proxy.routes.0.pool: no pool is named \"wbe\"",
+        ),
+        (
+            "unknown.toml",
+            good.replace("[hsm]", "[hsm]\ncolour = 1"),
+            "unknown.toml: hsm.colour: unknown field",
+        ),
+        (
+            "port.toml",
+            good.replace("127.0.0.1:0\"", "127.0.0.1:99999\""),
+            "port.toml: proxy.listeners.0.bind",
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        for args in [
+            vec!["config", "check", "--config", name],
+            vec!["serve", "--config", name],
+        ] {
+            let out = run(support::sealgate_bin().to_str().unwrap(), &args, dir);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(expected), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        }
+    }
+    let out = run(
+        support::sealgate_bin().to_str().unwrap(),
+        &["serve", "--config", "missing.toml"],
+        dir,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
