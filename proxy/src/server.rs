@@ -300,23 +300,41 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     l.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    // HTTP/2 only when ALPN chose it (RFC 9113 §3.2): the protocol is known before the first
+    // byte, so the header-read timer runs from the start (an auto-detecting server would wait
+    // for enough bytes to tell, with no timer).
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let forwarder = Arc::clone(&l.forwarder);
     let stats = Arc::clone(&l.stats);
+    let activity = Arc::new(Activity::new());
     let info = ClientInfo { addr: peer };
-    let service = service_fn(move |req| {
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        // The routes in force now (a reload may have replaced them since the last request).
-        let f = forwarder.read().map(|f| Arc::clone(&f)).ok();
-        async move {
-            Ok::<_, std::convert::Infallible>(match f {
-                Some(f) => f.handle(req, info).await,
-                None => crate::forward::local(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "the proxy's routes are unavailable",
-                ),
-            })
-        }
-    });
+    let max_headers = l.limits.max_headers;
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            // The routes in force now (a reload may have replaced them since the last request).
+            let f = forwarder.read().map(|f| Arc::clone(&f)).ok();
+            let busy = activity.begin();
+            async move {
+                let _busy = busy;
+                // hyper enforces the count for HTTP/1.1; HTTP/2 has no such setting.
+                if req.headers().len() > max_headers {
+                    return Ok::<_, std::convert::Infallible>(crate::forward::local(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "too many request headers",
+                    ));
+                }
+                Ok(match f {
+                    Some(f) => f.handle(req, info).await,
+                    None => crate::forward::local(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "the proxy's routes are unavailable",
+                    ),
+                })
+            }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -329,17 +347,87 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(l.limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(l.limits.idle_timeout / 2));
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, "connection ended: {e}");
+    let idle = l.limits.idle_timeout;
+    let mut closing = false;
+    // After an idle close starts, how long the client has to take it (an HTTP/2 client must
+    // answer the GOAWAY's ping) before the connection is dropped.
+    let mut hard_close: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            () = l.shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // No request for `idle_timeout`: close (HTTP/2: GOAWAY).
+            () = tokio::time::sleep(idle / 4), if !closing => {
+                if activity.idle_for() >= idle {
+                    debug!(%peer, "closing a connection idle for {idle:?}");
+                    closing = true;
+                    hard_close = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep_until(hard_close.unwrap_or_else(tokio::time::Instant::now)),
+                if hard_close.is_some() => {
+                debug!(%peer, "dropping an idle connection that did not close");
+                return;
             }
         }
-        () = l.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    }
+}
+
+/// How long an idle connection being closed has to finish closing before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Requests in flight on a connection and when the last one ended.
+struct Activity {
+    in_flight: AtomicU64,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// A request in flight; ends it when dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = tokio::time::Instant::now();
         }
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(self))
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().map_or(Duration::ZERO, |l| l.elapsed())
     }
 }

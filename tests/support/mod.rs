@@ -597,3 +597,540 @@ pub mod sdk {
         }
     }
 }
+
+/// The proxy side: `sealgate serve --config FILE` in remote mode in front of a cluster started
+/// here, with a certificate whose key is in the HSM; test upstreams in the test process; curl
+/// and raw TLS connections to the proxy.
+pub mod proxy {
+    use super::{CU1_PASSWORD, Cluster, run_bounded, sealgate_bin};
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    /// A port on 127.0.0.1 with nothing listening (bound, then closed).
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A cluster of `nodes` (replicating when more than one) with everything `serve` needs: an
+    /// activated cluster, the crypto user `cu1`, a P-256 key labelled `web` in the HSM, a
+    /// certificate it signed for `localhost` and `127.0.0.1` (`web.pem`) and a password file.
+    pub struct Site {
+        pub cluster: Cluster,
+        /// The directory of `web.pem`, `cu1-password` and `sealgate.toml`.
+        pub dir: PathBuf,
+        pub cert: PathBuf,
+        pub config: PathBuf,
+    }
+
+    impl Site {
+        pub fn new(nodes: u32) -> Self {
+            let mut cluster = if nodes == 1 {
+                Cluster::init(1)
+            } else {
+                Cluster::init_replicated(nodes)
+            };
+            cluster.start_all();
+            cluster.activate();
+            cluster.create_user("cu1", "cu", CU1_PASSWORD);
+            let dir = cluster.root.path().to_owned();
+            let cu1 = Some(("cu1", CU1_PASSWORD));
+            let key = cluster.sg_json(
+                cu1,
+                &[
+                    "key",
+                    "generate",
+                    "ec",
+                    "--curve",
+                    "secp256r1",
+                    "--label",
+                    "web",
+                ],
+            );
+            assert_eq!(key["ok"], true, "key generate: {key}");
+            let cert = dir.join("web.pem");
+            let cert_arg = cert.to_str().unwrap();
+            let signed = cluster.sg_json(
+                cu1,
+                &[
+                    "cert",
+                    "self-sign",
+                    "--label",
+                    "web",
+                    "--name",
+                    "localhost",
+                    "--name",
+                    "127.0.0.1",
+                    "--out",
+                    cert_arg,
+                ],
+            );
+            assert_eq!(signed["ok"], true, "cert self-sign: {signed}");
+            write_secret(&dir.join("cu1-password"), CU1_PASSWORD);
+            let config = dir.join("sealgate.toml");
+            Self {
+                cluster,
+                dir,
+                cert,
+                config,
+            }
+        }
+
+        /// Writes sealgate.toml: `proxy` (the `[proxy]` tables: listeners, routes, pools,
+        /// limits), then an `[hsm]` section for this cluster in remote mode. Checks it with
+        /// `sealgate config check`.
+        pub fn write_config(&self, proxy: &str) {
+            let hsm = format!(
+                "\n[hsm]\nmode = \"remote\"\nclient_config = {:?}\nuser = \"cu1\"\n\
+                 password_file = \"cu1-password\"\n",
+                self.cluster.client_toml().to_str().unwrap()
+            );
+            std::fs::write(&self.config, format!("{proxy}{hsm}")).unwrap();
+            let mut cmd = Command::new(sealgate_bin());
+            cmd.args(["--output", "json", "config", "check", "--config"])
+                .arg(&self.config)
+                .current_dir(&self.dir);
+            let out = run_bounded(cmd, None);
+            assert!(
+                out.status.success(),
+                "config check refused sealgate.toml: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// Starts `sealgate serve --config sealgate.toml`, its log in `serve.log`.
+        pub fn serve(&self) -> Serve {
+            Serve::start(&self.config, &self.dir.join("serve.log"))
+        }
+
+        /// Signatures made so far by each node that answers a health request.
+        pub async fn signs(&self) -> BTreeMap<u32, u64> {
+            signs_by_node(&self.cluster.client_toml()).await
+        }
+    }
+
+    /// Writes `text` to a new file of mode 0600.
+    pub fn write_secret(path: &Path, text: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// `Health::signs` of every node that answers (a node that is down is left out).
+    pub async fn signs_by_node(client_toml: &Path) -> BTreeMap<u32, u64> {
+        use sealgate_hsm_client::{Client, ClientConfig};
+        use sealgate_hsm_proto::{Reply, Request};
+        let config = ClientConfig::load(client_toml).unwrap();
+        let client = tokio::time::timeout(Duration::from_secs(30), Client::connect(config, None))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let mut signs = BTreeMap::new();
+        for node in client.nodes() {
+            let health = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.call_on(node.id, Request::Health),
+            )
+            .await;
+            if let Ok(Ok(Reply::Health(h))) = health {
+                signs.insert(node.id, h.signs);
+            }
+        }
+        client.close().await;
+        signs
+    }
+
+    /// A running `sealgate serve`; SIGKILLed by its PID when dropped still running.
+    pub struct Serve {
+        child: Child,
+        pub addr: SocketAddr,
+        pub log: PathBuf,
+    }
+
+    impl Serve {
+        /// Starts `sealgate serve --config FILE` (stderr to `log`) and waits (bounded: 60 s) for
+        /// its `sealgate serve listening on https://ADDR` line.
+        pub fn start(config: &Path, log: &Path) -> Self {
+            let log_file = std::fs::File::create(log).unwrap();
+            let mut child = Command::new(sealgate_bin())
+                .args(["serve", "--config"])
+                .arg(config)
+                .env("SEALGATE_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log_file)
+                .spawn()
+                .expect("spawn serve");
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                // Keeps reading until serve exits, so that it never blocks on a full pipe.
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addr) = line.split("sealgate serve listening on https://").nth(1) {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                }
+            });
+            let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(a) => a.parse().expect("listening address"),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "serve did not start within 60 s; its log:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+            };
+            Self {
+                child,
+                addr,
+                log: log.to_owned(),
+            }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        pub fn port(&self) -> u16 {
+            self.addr.port()
+        }
+
+        /// Whether serve still runs.
+        pub fn running(&mut self) -> bool {
+            matches!(self.child.try_wait(), Ok(None))
+        }
+
+        /// The log so far.
+        pub fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// SIGTERM, then wait up to 30 s (SIGKILL after that, and fail).
+        pub fn terminate(&mut self) -> ExitStatus {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.pid().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = self.child.try_wait().expect("wait") {
+                    return status;
+                }
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("serve {} ignored SIGTERM for 30 s", self.pid());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            if self.running() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// What curl got.
+    #[derive(Debug)]
+    pub struct CurlResult {
+        /// curl's exit status was 0.
+        pub ok: bool,
+        /// The HTTP status (0 when there was no answer).
+        pub status: u16,
+        /// `1.1` or `2`.
+        pub version: String,
+        pub body: String,
+        pub stderr: String,
+    }
+
+    /// `curl -sS --max-time 20 --cacert CERT EXTRA… https://localhost:PORT{path}`.
+    pub fn curl(cert: &Path, port: u16, path: &str, extra: &[&str]) -> CurlResult {
+        const MARK: &str = "\n--curl-status ";
+        let url = format!("https://localhost:{port}{path}");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(cert)
+            .args(["-w", &format!("{MARK}%{{http_code}} %{{http_version}}")])
+            .args(extra)
+            .arg(&url);
+        let out = run_bounded(cmd, None);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, tail) = stdout.rsplit_once(MARK).unwrap_or((&stdout, "0 0"));
+        let mut tail = tail.split_whitespace();
+        CurlResult {
+            ok: out.status.success(),
+            status: tail.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+            version: tail.next().unwrap_or_default().to_owned(),
+            body: body.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// An HTTP/1.1 server in the test process (a thread per connection), stopped when dropped.
+    pub struct Upstream {
+        pub addr: SocketAddr,
+        /// Requests it has read (the hanging server counts connections).
+        pub requests: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Upstream {
+        /// Answers every request `200` with the body `NAME METHOD PATH host=HOST` (keep-alive;
+        /// request bodies with a Content-Length are read and dropped).
+        pub fn echo(name: &str) -> Self {
+            let name = name.to_owned();
+            Self::spawn(move |stream, requests| echo_connection(&name, stream, requests))
+        }
+
+        /// Accepts connections, reads what comes and never answers.
+        pub fn hang() -> Self {
+            Self::spawn(|mut stream, requests| {
+                requests.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            })
+        }
+
+        fn spawn(serve: impl Fn(TcpStream, &AtomicU64) + Send + Sync + Clone + 'static) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (count, stopped) = (Arc::clone(&requests), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (serve, count) = (serve.clone(), Arc::clone(&count));
+                    std::thread::spawn(move || serve(stream, &count));
+                }
+            });
+            Self {
+                addr,
+                requests,
+                stop,
+            }
+        }
+
+        pub fn requests(&self) -> u64 {
+            self.requests.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            // Wakes the accept loop so that it sees the flag.
+            let _ = TcpStream::connect(self.addr);
+        }
+    }
+
+    fn echo_connection(name: &str, stream: TcpStream, requests: &AtomicU64) {
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        });
+        let mut writer = stream;
+        loop {
+            let mut request_line = String::new();
+            if !matches!(reader.read_line(&mut request_line), Ok(n) if n > 0) {
+                return;
+            }
+            let mut host = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("host") {
+                        v.trim().clone_into(&mut host);
+                    } else if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            if length > 0
+                && std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())
+                    .is_err()
+            {
+                return;
+            }
+            requests.fetch_add(1, Ordering::Relaxed);
+            let mut parts = request_line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            let body = format!("{name} {method} {path} host={host}\n");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if writer.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Raw TLS connections to the proxy, for inputs no well-behaved client sends.
+    pub mod tls {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, ServerName};
+        use std::net::SocketAddr;
+        use std::path::Path;
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        use tokio::net::TcpStream;
+        use tokio_rustls::client::TlsStream;
+
+        /// A client config (TLS 1.3 and 1.2) trusting the certificates of `ca` (PEM), offering
+        /// the ALPN protocols `alpn`.
+        pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        }
+
+        /// Connects to `addr` and finishes the TLS handshake for `localhost` (bounded: 20 s).
+        pub async fn connect(
+            addr: SocketAddr,
+            config: Arc<rustls::ClientConfig>,
+        ) -> std::io::Result<TlsStream<TcpStream>> {
+            let handshake = async {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                    .await
+            };
+            tokio::time::timeout(Duration::from_secs(20), handshake)
+                .await
+                .map_err(|_| std::io::Error::other("no TLS handshake within 20 s"))?
+        }
+
+        /// How a connection ended while being read.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum End {
+            /// The peer closed it (EOF).
+            Closed,
+            /// A read error (a reset, or TLS closed without close_notify).
+            Error(String),
+            /// Still open when the wait ended.
+            Open,
+        }
+
+        /// What a connection answered.
+        #[derive(Debug)]
+        pub struct Answer {
+            pub bytes: Vec<u8>,
+            pub end: End,
+            /// From the start of the read to its end.
+            pub elapsed: Duration,
+        }
+
+        impl Answer {
+            /// The HTTP/1.x status of the answer, if it starts with a status line.
+            pub fn status(&self) -> Option<u16> {
+                let text = std::str::from_utf8(self.bytes.get(..12)?).ok()?;
+                text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+            }
+
+            /// The connection was closed (EOF or error), not left open.
+            pub fn closed(&self) -> bool {
+                self.end != End::Open
+            }
+
+            /// The first bytes of the answer, for messages.
+            pub fn head(&self) -> String {
+                let n = self.bytes.len().min(200);
+                String::from_utf8_lossy(self.bytes.get(..n).unwrap_or_default()).into_owned()
+            }
+        }
+
+        /// Writes `bytes` (a write error is not a failure: the peer may close early), then
+        /// reads until the peer closes the connection or `wait` has passed.
+        pub async fn send_and_read<S: AsyncRead + AsyncWrite + Unpin>(
+            stream: &mut S,
+            bytes: &[u8],
+            wait: Duration,
+        ) -> Answer {
+            let start = Instant::now();
+            if !bytes.is_empty() {
+                let write = async {
+                    stream.write_all(bytes).await?;
+                    stream.flush().await
+                };
+                // A failed or stalled write is not a failure: the peer may have closed early.
+                let _: Result<std::io::Result<()>, _> = tokio::time::timeout(wait, write).await;
+            }
+            let mut answer = read_until_closed(stream, wait.saturating_sub(start.elapsed())).await;
+            answer.elapsed = start.elapsed();
+            answer
+        }
+
+        /// Reads until the peer closes the connection or `wait` has passed.
+        pub async fn read_until_closed<S: AsyncRead + Unpin>(
+            stream: &mut S,
+            wait: Duration,
+        ) -> Answer {
+            let start = Instant::now();
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut bytes = Vec::new();
+            let mut buf = vec![0u8; 16 << 10];
+            let end = loop {
+                match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                    Err(_) => break End::Open,
+                    Ok(Ok(0)) => break End::Closed,
+                    Ok(Ok(n)) => bytes.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    Ok(Err(e)) => break End::Error(e.to_string()),
+                }
+            };
+            Answer {
+                bytes,
+                end,
+                elapsed: start.elapsed(),
+            }
+        }
+    }
+}
