@@ -379,6 +379,20 @@ fn wait_for_log(log: &Path, from: usize, needle: &str) -> String {
     }
 }
 
+/// Writes `text` as serve's configuration file, sends SIGHUP, and waits (bounded) for the log
+/// line with `needle`, which it returns.
+fn reload_with(serve: &Serve, file: &Path, text: &str, log: &Path, needle: &str) -> String {
+    std::fs::write(file, text).unwrap();
+    let mark = std::fs::metadata(log).unwrap().len() as usize;
+    let status = Command::new("kill")
+        .arg("-HUP")
+        .arg(serve.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_log(log, mark, needle)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
     let root = tempfile::tempdir().unwrap();
@@ -404,31 +418,15 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
         ),
         1,
     );
-    std::fs::write(&config_file, changed).unwrap();
-    let mark = std::fs::metadata(&log).unwrap().len() as usize;
-    let hup = |pid: u32| {
-        Command::new("kill")
-            .arg("-HUP")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-    };
-    assert!(hup(serve.child.id()).success());
-    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    reload_with(&serve, &config_file, &changed, &log, "reloaded on SIGHUP");
     let (status, body) = conn.get("/other").await;
     assert_eq!((status, body.as_str()), (200, "other upstream\n"));
     let (_, body) = conn.get("/").await;
     assert!(body.contains("demo upstream"), "{body}");
 
     // A typo: refused with the file and the key; the running configuration stays.
-    std::fs::write(
-        &config_file,
-        original.replace("[hsm]", "[proxy]\nbogus = 1\n\n[hsm]"),
-    )
-    .unwrap();
-    let mark = std::fs::metadata(&log).unwrap().len() as usize;
-    assert!(hup(serve.child.id()).success());
-    let line = wait_for_log(&log, mark, "reload refused");
+    let typo = original.replace("[hsm]", "[proxy]\nbogus = 1\n\n[hsm]");
+    let line = reload_with(&serve, &config_file, &typo, &log, "reload refused");
     assert!(line.contains("sealgate.toml: proxy.bogus"), "{line}");
     let (status, body) = conn.get("/other").await;
     assert_eq!((status, body.as_str()), (200, "other upstream\n"));
@@ -436,14 +434,8 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
     // HTTP/2 to the demo upstream (h2c): the upstream sees HTTP/2.
     let (_, body) = conn.get("/").await;
     assert!(body.contains("HTTP/1.1"), "{body}");
-    std::fs::write(
-        &config_file,
-        original.replace("name = \"demo\"", "name = \"demo\"\nprotocol = \"h2c\""),
-    )
-    .unwrap();
-    let mark = std::fs::metadata(&log).unwrap().len() as usize;
-    assert!(hup(serve.child.id()).success());
-    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    let h2c = original.replace("name = \"demo\"", "name = \"demo\"\nprotocol = \"h2c\"");
+    reload_with(&serve, &config_file, &h2c, &log, "reloaded on SIGHUP");
     let (status, body) = conn.get("/").await;
     assert_eq!(status, 200);
     assert!(body.contains("HTTP/2.0"), "{body}");
@@ -507,14 +499,7 @@ async fn an_upgrade_is_passed_through_and_bytes_flow_both_ways() {
         ),
         1,
     );
-    std::fs::write(&config_file, text).unwrap();
-    let mark = std::fs::metadata(&log).unwrap().len() as usize;
-    Command::new("kill")
-        .arg("-HUP")
-        .arg(serve.child.id().to_string())
-        .status()
-        .unwrap();
-    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    reload_with(&serve, &config_file, &text, &log, "reloaded on SIGHUP");
 
     let mut conn = KeepAlive::connect(serve.port, &data.join("dev-cert.pem")).await;
     let exchange = async {
@@ -602,14 +587,7 @@ async fn an_rsa_and_an_ecdsa_certificate_for_one_name_are_chosen_by_the_client()
         "[[proxy.listeners.certificates]]\nchain = \"rsa-cert.pem\"\nkey = { label = \"web-rsa\" }\n\n[[proxy.routes]]",
         1,
     );
-    std::fs::write(&config_file, text).unwrap();
-    let mark = std::fs::metadata(&log).unwrap().len() as usize;
-    Command::new("kill")
-        .arg("-HUP")
-        .arg(serve.child.id().to_string())
-        .status()
-        .unwrap();
-    wait_for_log(&log, mark, "reloaded on SIGHUP");
+    reload_with(&serve, &config_file, &text, &log, "reloaded on SIGHUP");
     let handshake = |sigalgs: &str| {
         let script = format!(
             "openssl s_client -connect 127.0.0.1:{} -servername localhost -sigalgs {sigalgs} </dev/null",

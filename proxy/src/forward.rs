@@ -533,22 +533,11 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
         *req.uri_mut() = Self::uri(&server.address, path)?;
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
         let client = match pool.config.protocol {
             UpstreamProtocol::Http1 => &self.client,
             UpstreamProtocol::H2c => &self.h2_client,
         };
-        let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
-        server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let result = classify(result);
-        server.record(
-            !matches!(
-                result,
-                Err(UpstreamError::Connect(_) | UpstreamError::Timeout)
-            ),
-            &pool.config.name,
-        );
-        result
+        timed(pool, server, client, req).await
     }
 
     async fn send_empty(
@@ -561,23 +550,39 @@ impl Forwarder {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
         parts.uri = Self::uri(&server.address, path)?;
         let req = Request::from_parts(parts.clone(), http_body_util::Empty::new());
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
         let client = match pool.config.protocol {
             UpstreamProtocol::Http1 => &self.empty_client,
             UpstreamProtocol::H2c => &self.h2_empty_client,
         };
-        let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
-        server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let result = classify(result);
-        server.record(
-            !matches!(
-                result,
-                Err(UpstreamError::Connect(_) | UpstreamError::Timeout)
-            ),
-            &pool.config.name,
-        );
-        result
+        timed(pool, server, client, req).await
     }
+}
+
+/// Sends `req` to `server` with `client` within the pool's response timeout, counting it in
+/// flight and recording the outcome for passive health.
+async fn timed<B>(
+    pool: &Pool,
+    server: &Server,
+    client: &HttpClient<HttpConnector, B>,
+    req: Request<B>,
+) -> Result<Response<Incoming>, UpstreamError>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    server.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
+    server.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let result = classify(result);
+    server.record(
+        !matches!(
+            result,
+            Err(UpstreamError::Connect(_) | UpstreamError::Timeout)
+        ),
+        &pool.config.name,
+    );
+    result
 }
 
 /// Why an upstream request failed.
