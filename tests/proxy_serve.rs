@@ -269,38 +269,43 @@ async fn serve_dev_terminates_tls_with_hsm_signed_handshakes() {
     assert!(serve.stop().success());
 }
 
-/// A plain HTTP/1.1 upstream on 127.0.0.1 that answers every request, keep-alive, with `body`.
-fn fixed_upstream(body: &'static str) -> u16 {
+/// A TCP server on 127.0.0.1 that runs `serve` on a thread per connection; returns its port.
+fn plain_upstream(serve: impl Fn(std::net::TcpStream) + Send + Sync + Copy + 'static) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || serve(stream));
         }
     });
     port
+}
+
+/// A plain HTTP/1.1 upstream on 127.0.0.1 that answers every request, keep-alive, with `body`.
+fn fixed_upstream(body: &'static str) -> u16 {
+    plain_upstream(move |mut stream| {
+        use std::io::{Read, Write};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            buf.drain(..end);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// One TLS connection to the proxy, for several HTTP/1.1 requests in turn.
@@ -444,40 +449,31 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
 
 /// An HTTP/1.1 upstream that answers an Upgrade with 101 and then echoes every byte.
 fn upgrade_echo_upstream() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                if !head.contains("upgrade: echo") {
-                    let _ =
-                        stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-                    return;
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
-                );
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+    plain_upstream(|mut stream| {
+        use std::io::{Read, Write};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
-    });
-    port
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        if !head.contains("upgrade: echo") {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ = stream.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        );
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

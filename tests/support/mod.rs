@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -328,6 +329,51 @@ impl Cluster {
     }
 }
 
+/// Starts `sealgate ARGS` (stderr appended to `log`, SEALGATE_LOG=info) and waits, bounded by
+/// `timeout`, for a stdout line with `marker` followed by an address; returns the child and
+/// that address. Stdout is read until the process exits, so it never blocks on a full pipe.
+pub fn start_listening(
+    args: &[&OsStr],
+    log: &Path,
+    marker: &'static str,
+    timeout: Duration,
+) -> (Child, SocketAddr) {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = Command::new(sealgate_bin())
+        .args(args)
+        .env("SEALGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn sealgate");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split(marker).nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(a) => (child, a.parse().expect("listening address")),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sealgate {args:?} did not start within {timeout:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// A running `sealgate node` process; killed by PID when dropped.
 pub struct NodeProcess {
     child: Child,
@@ -338,41 +384,12 @@ impl NodeProcess {
     /// Starts `sealgate node --config FILE`, stderr to `log`, and waits (bounded) for its
     /// "listening on" line.
     pub fn start(config: &Path, log: &Path) -> Self {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("node log");
-        let mut child = Command::new(sealgate_bin())
-            .args(["node", "--config"])
-            .arg(config)
-            .env("SEALGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().expect("address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "node did not start within 30 s; its log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        };
+        let args = [
+            OsStr::new("node"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ];
+        let (child, addr) = start_listening(&args, log, "listening on ", Duration::from_secs(30));
         Self { child, addr }
     }
 
@@ -602,14 +619,15 @@ pub mod sdk {
 /// here, with a certificate whose key is in the HSM; test upstreams in the test process; curl
 /// and raw TLS connections to the proxy.
 pub mod proxy {
-    use super::{CU1_PASSWORD, Cluster, run_bounded, sealgate_bin};
+    use super::{CU1_PASSWORD, Cluster, run_bounded, sealgate_bin, start_listening};
     use std::collections::BTreeMap;
+    use std::ffi::OsStr;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::process::{Child, Command, ExitStatus};
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, mpsc};
     use std::time::{Duration, Instant};
 
     /// A port on 127.0.0.1 with nothing listening (bound, then closed).
@@ -766,38 +784,13 @@ pub mod proxy {
         /// Starts `sealgate serve --config FILE` (stderr to `log`) and waits (bounded: 60 s) for
         /// its `sealgate serve listening on https://ADDR` line.
         pub fn start(config: &Path, log: &Path) -> Self {
-            let log_file = std::fs::File::create(log).unwrap();
-            let mut child = Command::new(sealgate_bin())
-                .args(["serve", "--config"])
-                .arg(config)
-                .env("SEALGATE_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log_file)
-                .spawn()
-                .expect("spawn serve");
-            let stdout = child.stdout.take().unwrap();
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                // Keeps reading until serve exits, so that it never blocks on a full pipe.
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.split("sealgate serve listening on https://").nth(1) {
-                        let _ = tx.send(addr.trim().to_owned());
-                    }
-                }
-            });
-            let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(a) => a.parse().expect("listening address"),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "serve did not start within 60 s; its log:\n{}",
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-            };
+            let args = [
+                OsStr::new("serve"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ];
+            let marker = "sealgate serve listening on https://";
+            let (child, addr) = start_listening(&args, log, marker, Duration::from_secs(60));
             Self {
                 child,
                 addr,
