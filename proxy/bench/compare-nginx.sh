@@ -18,8 +18,13 @@
 #   rsa-hs         the same, RSA-2048
 #   h1-keepalive   HTTP/1.1 keep-alive: --h1 -c 16 -m 1 -t 2
 #   h2-keepalive   HTTP/2: -c 4 -m 16 -t 2
-# and finally the handshake driver comparison: ecdsa-hs against the same serve (default
-# driver) and a second serve started with SEALGATE_HANDSHAKE_DRIVER=block-in-place, alternately.
+# and finally a variant comparison ("driver"): ecdsa-hs against the same serve and a second
+# serve, the variant, alternately. By default the variant is the other handshake driver
+# (SEALGATE_HANDSHAKE_DRIVER=offload).
+# SEALGATE_BENCH_VARIANT="NAME [ENV=VALUE…]": the variant's name and environment.
+# SEALGATE_BENCH_VARIANT_BIN=FILE: run the variant from another sealgate binary (an older build).
+# SEALGATE_BENCH_SCENARIOS="…": the scenarios to run, of ecdsa-hs rsa-hs h1-keepalive
+#   h2-keepalive variant (default: all).
 #
 # Full handshakes: h2load 1.52 keeps a connection's SSL object after a clean close and so
 # resumes the session on its next connection (TLS 1.3 ticket, no signature). Every h2load here
@@ -49,6 +54,10 @@ amount=${1:-8}
 rounds=${2:-3}
 perf_dir=${SEALGATE_BENCH_PERF:-}
 keep_dir=${SEALGATE_BENCH_KEEP:-}
+read -r -a variant <<<"${SEALGATE_BENCH_VARIANT:-offload SEALGATE_HANDSHAKE_DRIVER=offload}"
+variant_name=${variant[0]}
+variant_bin=${SEALGATE_BENCH_VARIANT_BIN:-}
+scenarios=" ${SEALGATE_BENCH_SCENARIOS:-ecdsa-hs rsa-hs h1-keepalive h2-keepalive variant} "
 helper="python3 proxy/bench/compare_nginx.py"
 for tool in nginx h2load openssl python3 gcc curl; do
     command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light nghttp2-client openssl python3 gcc curl)" >&2; exit 1; }
@@ -90,7 +99,7 @@ wait_port() { # PORT WHAT
     echo "$2 is not listening on $1:" >&2; cat "$dir"/*.err >&2 2>/dev/null || true; exit 1
 }
 
-# Ports: 3 nodes, upstream, sealgate EC/RSA, nginx EC/RSA/check, sealgate block-in-place EC.
+# Ports: 3 nodes, upstream, sealgate EC/RSA, nginx EC/RSA/check, the sealgate variant (EC).
 base=$($helper free-ports 10)
 node_port=$base; up_port=$((base + 3)); sg_ec=$((base + 4)); sg_rsa=$((base + 5))
 ng_ec=$((base + 6)); ng_rsa=$((base + 7)); ng_check=$((base + 8)); sg_bip=$((base + 9))
@@ -243,20 +252,20 @@ EOF
 }
 sg_config "$sg_ec" "$sg_rsa" >"$dir/sealgate.toml"
 sg_config "$sg_bip" >"$dir/sealgate-bip.toml"
-start_serve() { # CONFIG NAME [ENV=VALUE…]: sets started to the serve process's PID
-    local config=$1 name=$2; shift 2
-    env SEALGATE_LOG=warn "$@" timeout 7200 "$sg" serve --config "$config" >"$dir/$name.out" 2>"$dir/$name.err" &
+start_serve() { # BINARY CONFIG NAME [ENV=VALUE…]: sets started to the serve process's PID
+    local bin=$1 config=$2 name=$3; shift 3
+    env SEALGATE_LOG=warn "$@" timeout 7200 "$bin" serve --config "$config" >"$dir/$name.out" 2>"$dir/$name.err" &
     pids+=($!)
     started=$(child_of $!)
 }
-start_serve "$dir/sealgate.toml" serve
+start_serve "$sg" "$dir/sealgate.toml" serve
 serve_pid=$started
 wait_for "$dir/serve.out" "listening on" "sealgate serve"
-# The second serve, for the driver comparison, is started now too: its port stays bound (the
-# load below takes ephemeral ports by the thousand). Idle until then; its CPU is never counted.
-start_serve "$dir/sealgate-bip.toml" serve-bip SEALGATE_HANDSHAKE_DRIVER=block-in-place
+# The variant serve is started now too: its port stays bound (the load below takes ephemeral
+# ports by the thousand). Idle until its comparison; its CPU is counted only there.
+start_serve "${variant_bin:-$sg}" "$dir/sealgate-bip.toml" serve-bip "${variant[@]:1}"
 bip_pid=$started
-wait_for "$dir/serve-bip.out" "listening on" "sealgate serve (block-in-place)"
+wait_for "$dir/serve-bip.out" "listening on" "sealgate serve ($variant_name)"
 node_csv=$(IFS=,; echo "${node_pids[*]}")
 sg_pids="$serve_pid,$node_csv"
 
@@ -295,7 +304,7 @@ run() { # SERVER SCENARIO ROUND REQUESTS PORT [h2load options…]
     local measured=()
     case $server in
         nginx) measured=(--pids "$ng_pids") ;;
-        block-in-place) measured=(--pids "$bip_pid,$node_csv" --threads-pid "$bip_pid" --client-toml "$SEALGATE_CLUSTER") ;;
+        "$variant_name") measured=(--pids "$bip_pid,$node_csv" --threads-pid "$bip_pid" --client-toml "$SEALGATE_CLUSTER") ;;
         *) measured=(--pids "$sg_pids" --threads-pid "$serve_pid" --client-toml "$SEALGATE_CLUSTER") ;;
     esac
     $helper measure --out "$results" --server "$server" --scenario "$scenario" --round "$round" \
@@ -321,6 +330,7 @@ per_run() { # RATE_A RATE_B: requests per run
 scenario() { # NAME WARM_UP_REQUESTS SEALGATE_PORT NGINX_PORT [h2load options…]
     local name=$1 w=$2 sp=$3 np=$4; shift 4
     local rs rn n
+    [[ $scenarios == *" $name "* ]] || return 0
     rs=$(warm_up "$w" "$sp" "$@"); rn=$(warm_up "$w" "$np" "$@")
     n=$(per_run "$rs" "$rn") || exit 1
     echo "$name: warm-up of $w requests: sealgate $rs req/s, nginx $rn req/s; $n requests per run"
@@ -335,14 +345,16 @@ scenario rsa-hs 3000 "$sg_rsa" "$ng_rsa" "${hs[@]}"
 scenario h1-keepalive 40000 "$sg_ec" "$ng_ec" --h1 -c 16 -m 1
 scenario h2-keepalive 60000 "$sg_ec" "$ng_ec" -c 4 -m 16
 
-# --- the handshake driver: the same serve (offload) against one with block-in-place ----------
-rs=$(warm_up 3000 "$sg_ec" "${hs[@]}"); rb=$(warm_up 3000 "$sg_bip" "${hs[@]}")
-n=$(per_run "$rs" "$rb") || exit 1
-echo "driver: warm-up of 3000 handshakes: offload $rs req/s, block-in-place $rb req/s; $n requests per run"
-for r in $(seq "$rounds"); do
-    run "offload (default)" driver "$r" "$n" "$sg_ec" "${hs[@]}"
-    run block-in-place driver "$r" "$n" "$sg_bip" "${hs[@]}"
-done
+# --- the variant: the same serve against the variant serve, ECDSA handshakes ---------------
+if [[ $scenarios == *" variant "* ]]; then
+    rs=$(warm_up 3000 "$sg_ec" "${hs[@]}"); rb=$(warm_up 3000 "$sg_bip" "${hs[@]}")
+    n=$(per_run "$rs" "$rb") || exit 1
+    echo "driver: warm-up of 3000 handshakes: default $rs req/s, $variant_name $rb req/s; $n requests per run"
+    for r in $(seq "$rounds"); do
+        run "default" driver "$r" "$n" "$sg_ec" "${hs[@]}"
+        run "$variant_name" driver "$r" "$n" "$sg_bip" "${hs[@]}"
+    done
+fi
 
 echo "openssl speed after:"; speed | sed 's/^/  /'
 

@@ -449,9 +449,9 @@ def report(path):
 
     drv = {k[1]: v for k, v in by.items() if k[0] == "driver"}
     if drv:
-        print("\n### Handshake driver: ECDSA full handshakes, sealgate only "
+        print("\n### The variant: ECDSA full handshakes, sealgate only "
               "(min / **median** / max)\n")
-        print("| driver | handshakes/s | server CPU per handshake (serve + nodes) "
+        print("| serve | handshakes/s | server CPU per handshake (serve + nodes) "
               "| serve alone | HSM signatures per handshake | serve threads: max during "
               "the run | after |")
         print("|---|---|---|---|---|---|---|")

@@ -5,9 +5,10 @@
 //! - [`signer`]: a rustls `SigningKey` that signs through the HSM client SDK.
 //! - `certs`: certificates per listener, their keys found in the HSM and checked, chosen by SNI
 //!   and by the client's signature algorithms.
-//! - `server`: listeners and the handshake driver: the ClientHello is read on the runtime, the
-//!   step in which rustls signs runs on a bounded set of blocking threads (DESIGN.md §2), so a
-//!   slow HSM never stalls the runtime.
+//! - `server`: listeners and the handshake driver: the ClientHello is read on the runtime, and
+//!   the step in which rustls signs, at most `max_handshakes_in_flight` at once, waits for the
+//!   HSM in `block_in_place` (or on the blocking pool: DESIGN.md §2), so a slow HSM never stalls
+//!   the runtime.
 //! - `forward`: routes, pools, forwarding headers, streaming bodies.
 //!
 //! What this crate does not do: it does not depend on the HSM engine or its crypto crate

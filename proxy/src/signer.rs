@@ -1,11 +1,11 @@
 //! A rustls signing key whose private half lives in the HSM cluster: `Signer::sign` sends a
 //! `Sign` request through the client SDK (load-balanced, failed over) and waits for the answer.
 //!
-//! rustls calls `sign` synchronously. It must not block a runtime worker, or the runtime
-//! stalls (DESIGN.md §2): the handshake driver ([`crate::handshake`]) runs the step in which
-//! rustls signs on a blocking thread and marks that thread, so the signer waits there with
-//! `Handle::block_on`. Anywhere else (a HelloRetryRequest makes rustls sign later, on a worker),
-//! the signer falls back to `block_in_place`.
+//! rustls calls `sign` synchronously. It must not simply block a runtime worker, or the runtime
+//! stalls (DESIGN.md §2). On a worker (the default handshake driver, and the second ClientHello
+//! after a HelloRetryRequest) the signer waits inside `block_in_place`, which hands the
+//! worker's other tasks to another thread; on a thread the `offload` driver marked as a
+//! handshake thread it waits with `Handle::block_on`.
 
 use rustls::sign::{Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
@@ -92,7 +92,8 @@ pub struct SignCounters {
     pub signed: AtomicU64,
     /// Signatures that failed (the handshake failed with them).
     pub failed: AtomicU64,
-    /// Signatures made on a runtime worker (the `block_in_place` fallback).
+    /// Signatures waited for on a runtime worker, in `block_in_place` (the default handshake
+    /// driver, and the path of a second ClientHello after a HelloRetryRequest).
     pub on_worker: AtomicU64,
 }
 

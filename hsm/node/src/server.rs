@@ -24,7 +24,8 @@ use openraft::BasicNode;
 use sealgate_hsm_core::crypto::MasterKey;
 use sealgate_hsm_core::{EngineConfig, SessionId, StoreError};
 use sealgate_hsm_proto::{
-    self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, Welcome,
+    self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, SignMechanism,
+    Welcome,
 };
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -744,6 +745,57 @@ const NO_SESSION: SessionId = SessionId(0);
 /// Most frames read in one go and handed to the crypto pool together.
 const READ_BATCH: usize = 128;
 
+/// Largest batch whose cheap requests are answered on the connection's task (`runs_inline`).
+const INLINE_BATCH: usize = 2;
+
+/// Requests that take a few tens of microseconds of CPU and do not wait (when the log index
+/// the client has seen is applied and no write holds the state): ECDSA, Ed25519 and
+/// HMAC signatures (a P-256 signature is about 20 µs; RSA-2048 is over 200 µs and goes to the
+/// pool). At the moderate rates of TLS handshakes, handing each to a crypto thread and its
+/// answer back to the writer cost the node several times the signature itself, in thread
+/// wake-ups (BENCHMARKS.md, "The proxy against nginx").
+fn runs_inline(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Sign {
+            mechanism: SignMechanism::Ecdsa(_) | SignMechanism::Ed25519 | SignMechanism::Hmac(_),
+            ..
+        }
+    )
+}
+
+/// Runs one engine request for `session` and encodes its answer: on a crypto thread, or inline
+/// (`runs_inline`). A panic inside the engine is a bug; it is answered, not propagated.
+fn execute(
+    shared: &Shared,
+    session: SessionId,
+    id: u64,
+    min_index: u64,
+    request: Request,
+) -> Bytes {
+    let hsm = &shared.hsm;
+    let name = request.name();
+    // Signatures are counted (`Health::signs`).
+    let sign = matches!(request, Request::Sign { .. });
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        hsm.serving()?;
+        // Read-your-writes: first catch up with what the client has seen.
+        hsm.wait_applied(min_index)?;
+        hsm.handle(session, request)
+    }))
+    .unwrap_or_else(|_| {
+        error!("request {name} failed inside the node (a bug)");
+        Err(proto::Error::new(
+            ErrorKind::Failed,
+            format!("{name} failed inside the node"),
+        ))
+    });
+    if sign && result.is_ok() {
+        shared.signs.fetch_add(1, Ordering::Relaxed);
+    }
+    indexed_response(id, hsm.log_index(), result)
+}
+
 async fn serve_requests<S: AsyncRead>(
     shared: &Arc<Shared>,
     reader: &mut Reader<S>,
@@ -765,6 +817,10 @@ async fn serve_requests<S: AsyncRead>(
             next = frames.next() => next,
         };
         let Some(batch) = next else { break };
+        // A lone request that costs less than the hand-off to a crypto thread and back (see
+        // `runs_inline`) is answered here, when the pool has nothing queued; a batch, or a busy
+        // pool, goes to the crypto threads, which spread it over the cores.
+        let inline = batch.len() <= INLINE_BATCH && shared.pool.queued() == 0;
         let mut jobs = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
         let mut answers = Vec::new();
@@ -849,30 +905,20 @@ async fn serve_requests<S: AsyncRead>(
                 });
                 continue;
             }
-            let hsm = Arc::clone(&shared.hsm);
+            if inline
+                && runs_inline(&request)
+                && shared.hsm.log_index() >= min_index
+                && shared.hsm.readable_now()
+            {
+                answers.push(execute(shared, session, id, min_index, request));
+                drop(permit);
+                continue;
+            }
+            let shared = Arc::clone(shared);
             let answer = tx.clone();
-            // Signatures are counted (`Health::signs`).
-            let counted = matches!(request, Request::Sign { .. }).then(|| Arc::clone(shared));
             jobs.push(Box::new(move |outbox: &mut Outbox| {
-                let name = request.name();
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    hsm.serving()?;
-                    // Read-your-writes: first catch up with what the client has seen.
-                    hsm.wait_applied(min_index)?;
-                    hsm.handle(session, request)
-                }))
-                .unwrap_or_else(|_| {
-                    error!("request {name} failed inside the node (a bug)");
-                    Err(proto::Error::new(
-                        ErrorKind::Failed,
-                        format!("{name} failed inside the node"),
-                    ))
-                });
-                if let Some(shared) = counted.as_ref().filter(|_| result.is_ok()) {
-                    shared.signs.fetch_add(1, Ordering::Relaxed);
-                }
-                let index = hsm.log_index();
-                outbox.send(answer, indexed_response(id, index, result), permit);
+                let bytes = execute(&shared, session, id, min_index, request);
+                outbox.send(answer, bytes, permit);
             }) as Job);
             ids.push(id);
         }

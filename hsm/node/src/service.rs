@@ -120,6 +120,12 @@ impl Hsm {
         self.state.read().map_err(|_| unavailable())
     }
 
+    /// Whether nothing holds the state for writing right now (a log entry or a snapshot being
+    /// applied), so a read would not wait: checked before answering on an I/O task.
+    pub(crate) fn readable_now(&self) -> bool {
+        self.state.try_read().is_ok()
+    }
+
     fn write(&self) -> Result<RwLockWriteGuard<'_, Replica>, proto::Error> {
         self.state.write().map_err(|_| unavailable())
     }
