@@ -4,10 +4,11 @@
 //! proxy talks to the nodes only through the client SDK, so no key is ever in its memory.
 
 use anyhow::Context as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -29,6 +30,8 @@ pub(crate) struct Embedded {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     pids: Vec<(u32, Arc<AtomicU32>)>,
+    /// Each node's metrics endpoint while it runs (when serve asked for them).
+    metrics: Vec<Arc<Mutex<Option<SocketAddr>>>>,
 }
 
 /// The node configurations of a cluster directory, by id.
@@ -60,30 +63,44 @@ pub(crate) fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u32, PathBuf)>> {
 }
 
 impl Embedded {
-    /// Starts every node of `dir` and waits until each listens (or fails to start).
-    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts every node of `dir` and waits until each listens (or fails to start). With
+    /// `metrics`, each node serves its metrics on a free port of 127.0.0.1
+    /// ([`Embedded::metrics_endpoints`]).
+    pub(crate) async fn start(dir: &Path, metrics: bool) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the sealgate binary")?;
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut pids = Vec::new();
+        let mut endpoints = Vec::new();
         let mut ready = Vec::new();
         for (id, config) in node_configs(dir)? {
             let log = dir.join(format!("node-{id}.log"));
             let pid = Arc::new(AtomicU32::new(0));
+            let endpoint = Arc::new(Mutex::new(None));
             let (tx, rx) = oneshot::channel();
-            tasks.push(tokio::spawn(supervise(
-                exe.clone(),
-                id,
+            let child = NodeChild {
+                exe: exe.clone(),
                 config,
                 log,
+                metrics: metrics.then(|| Arc::clone(&endpoint)),
+            };
+            tasks.push(tokio::spawn(supervise(
+                child,
+                id,
                 Arc::clone(&pid),
                 tx,
                 stop.clone(),
             )));
             pids.push((id, pid));
+            endpoints.push(endpoint);
             ready.push((id, rx));
         }
-        let this = Self { stop, tasks, pids };
+        let this = Self {
+            stop,
+            tasks,
+            pids,
+            metrics: endpoints,
+        };
         for (id, rx) in ready {
             match rx.await {
                 Ok(Ok(())) => {}
@@ -108,6 +125,17 @@ impl Embedded {
             .collect()
     }
 
+    /// A function that lists the metrics endpoints of the nodes running at the time.
+    pub(crate) fn metrics_endpoints(&self) -> impl Fn() -> Vec<SocketAddr> + Send + Sync + 'static {
+        let slots = self.metrics.clone();
+        move || {
+            slots
+                .iter()
+                .filter_map(|m| m.lock().ok().and_then(|m| *m))
+                .collect()
+        }
+    }
+
     /// Stops every node (SIGTERM, then SIGKILL after a while) and waits.
     pub(crate) async fn stop(self) {
         self.stop.cancel();
@@ -117,9 +145,20 @@ impl Embedded {
     }
 }
 
-/// Spawns `sealgate node --config CONFIG`, stderr appended to `log`, and waits for its
-/// "listening on" line.
-async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+/// How to start one node.
+struct NodeChild {
+    exe: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    /// Where to publish the node's metrics endpoint, when it should have one.
+    metrics: Option<Arc<Mutex<Option<SocketAddr>>>>,
+}
+
+/// Spawns `sealgate node --config CONFIG` (with `--metrics-bind 127.0.0.1:0` when the node
+/// should serve metrics), stderr appended to its log, and waits for its "listening on" line
+/// (and its "metrics on" line).
+async fn spawn(node: &NodeChild) -> anyhow::Result<Child> {
+    let (exe, config, log) = (&node.exe, &node.config, &node.log);
     // The node's standard input is a pipe this process holds (in the `Child`): if serve dies,
     // even by SIGKILL, the pipe closes and the node stops (`--stop-on-stdin-eof`).
     let log_file = std::fs::OpenOptions::new()
@@ -127,11 +166,16 @@ async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("node")
         .arg("--config")
         .arg(config)
-        .arg("--stop-on-stdin-eof")
+        .arg("--stop-on-stdin-eof");
+    if node.metrics.is_some() {
+        command.args(["--metrics-bind", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -141,8 +185,20 @@ async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let wait = async {
+        let mut listening = false;
         while let Some(line) = lines.next_line().await? {
-            if line.contains("listening on") {
+            listening |= line.contains("listening on");
+            if let Some(slot) = &node.metrics {
+                let addr = line
+                    .split_once(" metrics on http://")
+                    .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok());
+                if let (Some(addr), Ok(mut slot)) = (addr, slot.lock()) {
+                    *slot = Some(addr);
+                } else {
+                    continue;
+                }
+            }
+            if listening {
                 return Ok::<bool, std::io::Error>(true);
             }
         }
@@ -172,6 +228,15 @@ async fn spawn(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
     }
 }
 
+impl NodeChild {
+    /// The node stopped: its metrics endpoint is gone.
+    fn forget_metrics(&self) {
+        if let Some(Ok(mut slot)) = self.metrics.as_ref().map(|m| m.lock()) {
+            *slot = None;
+        }
+    }
+}
+
 /// Sends SIGTERM to `pid` (the PID of a child this process started).
 fn terminate(pid: u32) {
     let _ = std::process::Command::new("kill")
@@ -183,10 +248,8 @@ fn terminate(pid: u32) {
 }
 
 async fn supervise(
-    exe: PathBuf,
+    node: NodeChild,
     id: u32,
-    config: PathBuf,
-    log: PathBuf,
     pid: Arc<AtomicU32>,
     ready: oneshot::Sender<anyhow::Result<()>>,
     stop: CancellationToken,
@@ -195,7 +258,7 @@ async fn supervise(
     let mut backoff = RESTART_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        let mut child = match spawn(&exe, &config, &log).await {
+        let mut child = match spawn(&node).await {
             Ok(child) => child,
             Err(e) => {
                 if let Some(tx) = ready.take() {
@@ -224,6 +287,7 @@ async fn supervise(
         tokio::select! {
             status = child.wait() => {
                 pid.store(0, Ordering::Relaxed);
+                node.forget_metrics();
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = RESTART_MIN;
                 }
@@ -231,7 +295,7 @@ async fn supervise(
                     node = id,
                     "HSM node exited ({}); restarting in {backoff:?} (log: {})",
                     status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    log.display()
+                    node.log.display()
                 );
                 tokio::select! {
                     () = stop.cancelled() => return,

@@ -16,6 +16,11 @@ pub(crate) struct NodeArgs {
     /// they end with it even if it is killed).
     #[arg(long)]
     pub(crate) stop_on_stdin_eof: bool,
+    /// Serve the node's metrics (`/metrics`, `/healthz`, `/readyz`) on ADDR, instead of
+    /// `[monitoring] metrics_bind` of node.toml (port 0: a free port, printed as
+    /// `sealgate node ID metrics on http://ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Runs one HSM node until SIGTERM or SIGINT. The node prints
@@ -27,8 +32,11 @@ pub(crate) struct NodeArgs {
 /// in JSON, so stdout never mixes the text line with a JSON object. People get
 /// `sealgate node ID stopped`.
 pub(crate) fn run(args: &NodeArgs) -> anyhow::Result<Report> {
-    let config = sealgate_hsm_node::NodeConfig::load(&args.config)
+    let mut config = sealgate_hsm_node::NodeConfig::load(&args.config)
         .map_err(|e| error("config", e.to_string()))?;
+    if args.metrics_bind.is_some() {
+        config.metrics_bind = args.metrics_bind;
+    }
     let id = config.id;
     sealgate_hsm_node::run_with(config, args.stop_on_stdin_eof)
         .map_err(|e| error("failed", e.to_string()))?;

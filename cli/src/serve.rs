@@ -41,6 +41,10 @@ pub(crate) struct ServeArgs {
     /// With --dev: where to serve HTTPS.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     pub(crate) listen: SocketAddr,
+    /// With --dev: where to serve metrics (`/metrics` for the proxy and its nodes, `/healthz`,
+    /// `/readyz`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub(crate) metrics: SocketAddr,
 }
 
 /// The dev key's label.
@@ -187,7 +191,11 @@ fn free_base_port() -> anyhow::Result<u16> {
 
 /// Creates what is missing in the dev data directory: the cluster (started), its activation,
 /// the crypto user, the key and the certificate. Returns what it did, for the summary.
-async fn dev_setup(dir: &Path, cluster: &Path) -> anyhow::Result<(Embedded, Vec<String>)> {
+async fn dev_setup(
+    dir: &Path,
+    cluster: &Path,
+    metrics: bool,
+) -> anyhow::Result<(Embedded, Vec<String>)> {
     let mut done = Vec::new();
     if !cluster.join("client.toml").exists() {
         let base = free_base_port()?;
@@ -200,7 +208,7 @@ async fn dev_setup(dir: &Path, cluster: &Path) -> anyhow::Result<(Embedded, Vec<
     } else {
         done.push(format!("reused the HSM cluster in {}", cluster.display()));
     }
-    let embedded = Embedded::start(cluster).await?;
+    let embedded = Embedded::start(cluster, metrics).await?;
     let client_config = ClientConfig::load(&cluster.join("client.toml"))
         .map_err(|e| error("config", e.to_string()))?;
 
@@ -312,7 +320,7 @@ async fn dev(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let cluster = dir.join("cluster");
-    let (embedded, mut done) = dev_setup(&dir, &cluster).await?;
+    let (embedded, mut done) = dev_setup(&dir, &cluster, true).await?;
     let demo_stop = CancellationToken::new();
     let demo = sealgate_proxy::demo::serve("127.0.0.1:0".parse()?, demo_stop.clone())
         .await
@@ -326,8 +334,9 @@ async fn dev(args: &ServeArgs) -> anyhow::Result<()> {
          [[proxy.listeners.certificates]]\nchain = \"dev-cert.pem\"\nkey = {{ label = \"{DEV_KEY_LABEL}\" }}\n\n\
          [[proxy.routes]]\npath_prefix = \"/\"\npool = \"demo\"\n\n\
          [[proxy.pools]]\nname = \"demo\"\nservers = [\"{demo}\"]\n\n\
-         [hsm]\nmode = \"embedded\"\ndata_dir = \"cluster\"\nuser = \"{DEV_USER}\"\npassword_file = \"proxy-password\"\n",
-        args.listen
+         [hsm]\nmode = \"embedded\"\ndata_dir = \"cluster\"\nuser = \"{DEV_USER}\"\npassword_file = \"proxy-password\"\n\n\
+         [monitoring]\nmetrics_bind = \"{}\"\n",
+        args.listen, args.metrics
     );
     std::fs::write(&config_file, text)
         .with_context(|| format!("cannot write {}", config_file.display()))?;
@@ -352,7 +361,7 @@ async fn serve(
         HsmMode::Embedded { data_dir } => {
             let running = match embedded {
                 Some(e) => e,
-                None => Embedded::start(data_dir).await?,
+                None => Embedded::start(data_dir, config.monitoring.metrics_bind.is_some()).await?,
             };
             (Some(running), data_dir.join("client.toml"))
         }
@@ -389,6 +398,19 @@ async fn serve_with(
     for addr in proxy.local_addrs() {
         lines.push(format!("sealgate serve listening on https://{addr}"));
     }
+    let metrics_stop = CancellationToken::new();
+    if let Some(bind) = config.monitoring.metrics_bind {
+        let addr = match serve_metrics(bind, &proxy, &client, embedded, metrics_stop.clone()).await
+        {
+            Ok(addr) => addr,
+            Err(e) => {
+                proxy.shutdown().await;
+                client.close().await;
+                return Err(e);
+            }
+        };
+        lines.push(format!("sealgate serve metrics on http://{addr}"));
+    }
     if let Some(e) = embedded {
         let pids: Vec<String> = e
             .pids()
@@ -419,9 +441,53 @@ async fn serve_with(
         reload(config, &proxy).await;
     }
     tracing::info!("shutting down");
+    metrics_stop.cancel();
     proxy.shutdown().await;
     client.close().await;
     Ok(())
+}
+
+/// Installs the metrics recorder and serves `/metrics` (the proxy's metrics, the client SDK's
+/// per node, and the embedded nodes' own, merged), `/healthz` and `/readyz` (ready: at least
+/// one HSM node up, and the listeners, which are up once the proxy started) on `bind`.
+async fn serve_metrics(
+    bind: SocketAddr,
+    proxy: &Proxy,
+    client: &Client,
+    embedded: Option<&Embedded>,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    use sealgate_monitoring::exporter::{self, Exposition};
+    use sealgate_monitoring::names as n;
+    let handle = exporter::install(&[]).map_err(|e| error("failed", e.to_string()))?;
+    let refresh_proxy = proxy.metrics_refresher();
+    let sdk = client.clone();
+    let on_scrape = std::sync::Arc::new(move || {
+        refresh_proxy();
+        for node in sdk.nodes() {
+            let id = node.id.to_string();
+            metrics::counter!(n::HSM_CLIENT_RETRIES.name, "hsm_id" => id.clone())
+                .absolute(node.retries);
+            metrics::counter!(n::HSM_CLIENT_FAILOVERS.name, "hsm_id" => id)
+                .absolute(node.failovers);
+        }
+    });
+    let sdk = client.clone();
+    let ready = std::sync::Arc::new(move || {
+        if sdk.nodes().iter().any(|node| node.up) {
+            Ok(())
+        } else {
+            Err("no HSM node is up".to_owned())
+        }
+    });
+    let mut exposition = Exposition::new(handle, on_scrape, ready);
+    if let Some(e) = embedded {
+        exposition = exposition.with_children(std::sync::Arc::new(e.metrics_endpoints()));
+    }
+    let endpoint = exporter::serve(bind, std::sync::Arc::new(exposition), stop)
+        .await
+        .map_err(|e| error("failed", e.to_string()))?;
+    Ok(endpoint.local_addr())
 }
 
 /// What a signal asks for.

@@ -26,6 +26,8 @@ pub struct Config {
     pub hsm: HsmConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[monitoring]`.
+    pub monitoring: MonitoringConfig,
 }
 
 /// The proxy's timeouts and limits.
@@ -197,6 +199,13 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+/// `[monitoring]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonitoringConfig {
+    /// Where the metrics endpoint listens (`/metrics`, `/healthz`, `/readyz`), if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// `[logging]`.
@@ -392,6 +401,15 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
             ));
         }
     };
+    let metrics_bind = match &raw.monitoring.metrics_bind {
+        None => None,
+        Some(bind) => Some(bind.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "monitoring.metrics_bind".into(),
+                format!("{bind:?} is not ip:port"),
+            )
+        })?),
+    };
     Ok(Config {
         file: file.to_owned(),
         proxy,
@@ -403,6 +421,7 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
             level: raw.logging.level.clone(),
             format,
         },
+        monitoring: MonitoringConfig { metrics_bind },
     })
 }
 
@@ -614,6 +633,14 @@ password_file = "pw"
             (
                 GOOD.replace("least-requests", "random"),
                 "proxy.pools.0.balancing",
+            ),
+            (
+                format!("{GOOD}\n[monitoring]\nmetrics_bind = \"localhost\"\n"),
+                "monitoring.metrics_bind: \"localhost\" is not ip:port",
+            ),
+            (
+                format!("{GOOD}\n[monitoring]\nmetrics_bnid = \"127.0.0.1:9464\"\n"),
+                "sealgate.toml: monitoring.metrics_bnid: unknown field",
             ),
             (
                 GOOD.replace("{ label = \"site\" }", "{ label = \"site\", handle = 3 }"),

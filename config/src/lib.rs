@@ -35,7 +35,8 @@ mod raw;
 
 pub use check::{
     Balancing, CertificateConfig, Config, HealthCheck, HsmConfig, HsmMode, KeyRef, ListenerConfig,
-    LogFormat, LoggingConfig, PoolConfig, ProxyLimits, RouteConfig, UpstreamProtocol,
+    LogFormat, LoggingConfig, MonitoringConfig, PoolConfig, ProxyLimits, RouteConfig,
+    UpstreamProtocol,
 };
 pub use raw::RawConfig;
 

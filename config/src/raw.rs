@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub hsm: RawHsm,
     /// `[logging]`.
     pub logging: RawLogging,
+    /// `[monitoring]`.
+    pub monitoring: RawMonitoring,
 }
 
 /// `[proxy]`: listeners, routes, upstream pools and limits.
@@ -207,6 +209,15 @@ impl Default for RawHsm {
             password: None,
         }
     }
+}
+
+/// `[monitoring]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMonitoring {
+    /// `ip:port` of the metrics endpoint (`/metrics`, `/healthz`, `/readyz`); none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_bind: Option<String>,
 }
 
 /// `[logging]`.

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use metrics::{counter, gauge, histogram};
 use sealgate_config::{Balancing, Config, PoolConfig, RouteConfig, UpstreamProtocol};
+use sealgate_monitoring::names as n;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -276,8 +278,13 @@ impl Phases for Forwarder {
     }
 }
 
-/// A response the proxy makes itself.
+/// A response the proxy makes itself (counted as the load balancer's own, `HTTPCode_ELB_*`).
 pub(crate) fn local(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    if status.is_client_error() {
+        counter!(n::HTTP_CODE_ELB_4XX_COUNT.name).increment(1);
+    } else if status.is_server_error() {
+        counter!(n::HTTP_CODE_ELB_5XX_COUNT.name).increment(1);
+    }
     let body = Full::new(Bytes::from(format!("{text}\n")))
         .map_err(|never| match never {})
         .boxed();
@@ -415,6 +422,19 @@ impl Forwarder {
             empty_client,
             h2_client,
             h2_empty_client,
+        }
+    }
+
+    /// Sets each pool's `HealthyHostCount` and `UnHealthyHostCount` (healthy: passing its
+    /// health checks and not ejected).
+    pub(crate) fn refresh_metrics(&self) {
+        let now = Instant::now();
+        for pool in &self.pools {
+            let healthy = pool.servers.iter().filter(|s| s.usable(now)).count();
+            let unhealthy = pool.servers.len() - healthy;
+            let name = pool.config.name.clone();
+            gauge!(n::HEALTHY_HOST_COUNT.name, "pool" => name.clone()).set(healthy as f64);
+            gauge!(n::UN_HEALTHY_HOST_COUNT.name, "pool" => name).set(unhealthy as f64);
         }
     }
 
@@ -572,9 +592,31 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     server.in_flight.fetch_add(1, Ordering::Relaxed);
+    let sent = Instant::now();
     let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
     server.in_flight.fetch_sub(1, Ordering::Relaxed);
     let result = classify(result);
+    let name = pool.config.name.clone();
+    match &result {
+        Ok(response) => {
+            histogram!(n::TARGET_RESPONSE_TIME.name, "pool" => name.clone())
+                .record(sent.elapsed().as_secs_f64());
+            let class = match response.status().as_u16() {
+                200..=299 => n::HTTP_CODE_TARGET_2XX_COUNT,
+                300..=399 => n::HTTP_CODE_TARGET_3XX_COUNT,
+                400..=499 => n::HTTP_CODE_TARGET_4XX_COUNT,
+                _ => n::HTTP_CODE_TARGET_5XX_COUNT,
+            };
+            // A 101 (an upgrade) is no response class the load balancer counts.
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                counter!(class.name, "pool" => name).increment(1);
+            }
+        }
+        Err(UpstreamError::Connect(_)) => {
+            counter!(n::TARGET_CONNECTION_ERROR_COUNT.name, "pool" => name).increment(1);
+        }
+        Err(_) => {}
+    }
     server.record(
         !matches!(
             result,

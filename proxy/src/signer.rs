@@ -186,6 +186,7 @@ impl Signer for HsmSigner {
             mechanism: self.mechanism,
             data: message.to_vec(),
         };
+        let started = std::time::Instant::now();
         let call = async move { client.call(request).await };
         let counters = &self.key.counters;
         let answer = if IN_HANDSHAKE_POOL.with(Cell::get) {
@@ -203,6 +204,8 @@ impl Signer for HsmSigner {
                 "cannot wait for the HSM on a single-threaded runtime".into(),
             ));
         };
+        metrics::histogram!(sealgate_monitoring::names::HANDSHAKE_SIGN_TIME.name)
+            .record(started.elapsed().as_secs_f64());
         match answer {
             Ok(Reply::Data(signature)) => {
                 counters.signed.fetch_add(1, Ordering::Relaxed);

@@ -132,6 +132,8 @@ pub struct EngineStats {
     pub sessions: usize,
     /// Index of the last applied command.
     pub applied_index: u64,
+    /// The most users the cluster may hold.
+    pub max_users: usize,
 }
 
 /// Basic cluster information, open to every session.

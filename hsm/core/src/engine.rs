@@ -541,6 +541,7 @@ impl Engine {
             session_keys: self.sessions.values().map(|s| s.keys.len()).sum(),
             sessions: self.sessions.len(),
             applied_index: self.meta.applied,
+            max_users: self.meta.limits.max_users as usize,
         }
     }
 

@@ -20,6 +20,25 @@ pub struct NodeFile {
     /// `[cluster]`: the nodes of the raft group.
     #[serde(default, skip_serializing_if = "ClusterSection::is_empty")]
     pub cluster: ClusterSection,
+    /// `[monitoring]`.
+    #[serde(default, skip_serializing_if = "MonitoringSection::is_empty")]
+    pub monitoring: MonitoringSection,
+}
+
+/// `[monitoring]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// `ip:port` of the node's metrics endpoint (`/metrics`, `/healthz`, `/readyz`); none
+    /// when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_bind: Option<String>,
+}
+
+impl MonitoringSection {
+    fn is_empty(&self) -> bool {
+        self.metrics_bind.is_none()
+    }
 }
 
 /// `[cluster]`: every node of the cluster (this one included), for replication. Empty: this
@@ -144,6 +163,8 @@ pub struct NodeConfig {
     pub members: Vec<(u32, String)>,
     /// `[cluster] join`: the node joins a running cluster (see [`ClusterSection::join`]).
     pub join: bool,
+    /// `[monitoring] metrics_bind`: where the metrics endpoint listens, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Why a node configuration was refused. Every message names the file and, where it applies,
@@ -282,6 +303,15 @@ impl NodeConfig {
         if limits.crypto_threads == 0 {
             limits.crypto_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         }
+        let metrics_bind = match &file.monitoring.metrics_bind {
+            None => None,
+            Some(bind) => Some(bind.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "monitoring.metrics_bind",
+                    "expected ip:port, e.g. 127.0.0.1:9464",
+                )
+            })?),
+        };
         Ok(Self {
             id: file.node.id,
             listen,
@@ -292,6 +322,7 @@ impl NodeConfig {
             limits,
             members,
             join: file.cluster.join,
+            metrics_bind,
         })
     }
 

@@ -1,5 +1,6 @@
-//! The HSM node: for now, the durable side of the engine — its redb store and its storage
-//! master key. The RPC server, timers and replication arrive with the node and cluster issues.
+//! The HSM node: the mutual-TLS server that runs the engine for clients, its redb store and
+//! storage master key, replication (openraft), `cluster init`, and the node's metrics
+//! (CloudHSM's names, served on `[monitoring] metrics_bind`).
 //!
 //! What this crate does not do: it holds no key material in clear on disk. The store receives
 //! only records whose secrets are sealed by the engine; the master key lives in its own file
@@ -11,6 +12,7 @@ mod convert;
 pub mod init;
 mod join;
 mod master_key;
+mod metrics;
 mod pool;
 pub mod raft;
 mod server;
@@ -19,8 +21,8 @@ mod store;
 mod tls;
 
 pub use config::{
-    ClusterSection, LimitsSection, MAX_NODE_ID, MAX_NODES, MemberSection, NodeConfig,
-    NodeConfigError, NodeFile, NodeSection, TlsSection,
+    ClusterSection, LimitsSection, MAX_NODE_ID, MAX_NODES, MemberSection, MonitoringSection,
+    NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection,
 };
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
 pub use server::{NodeError, NodeHandle, run, run_with, start};

@@ -27,12 +27,14 @@ use sealgate_hsm_proto::{
     self as proto, ErrorKind, Health, Reply, Request, RequestFrame, ResponseFrame, SignMechanism,
     Welcome,
 };
+use sealgate_monitoring::exporter::{self, Exposition, ReadyHook, ScrapeHook};
+use sealgate_monitoring::io::{Counted, Octets};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -86,25 +88,32 @@ pub enum NodeError {
     /// A joining node could not get the cluster's domain key.
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    /// The metrics endpoint could not start.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// What connections share.
-struct Shared {
-    hsm: Arc<Hsm>,
-    config: NodeConfig,
+pub(crate) struct Shared {
+    pub(crate) hsm: Arc<Hsm>,
+    pub(crate) config: NodeConfig,
     /// The cluster's domain key (the storage master key), handed to joining nodes.
     domain_key: Zeroizing<[u8; 32]>,
     acceptor: TlsAcceptor,
     /// Runs every engine call.
-    pool: CryptoPool,
+    pub(crate) pool: CryptoPool,
     /// Open client connections.
-    connections: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
     /// Open engine sessions.
     sessions: AtomicUsize,
     /// Requests answered `busy`.
-    busy: AtomicUsize,
+    pub(crate) busy: AtomicUsize,
     /// Signatures made (`Sign` answered with a signature).
-    signs: AtomicU64,
+    pub(crate) signs: AtomicU64,
+    /// Bytes received and sent on every connection (TLS records).
+    pub(crate) octets: Arc<Octets>,
+    /// Whether a metrics recorder is installed (then requests' latencies are recorded).
+    metrics_enabled: AtomicBool,
     /// Connections refused at accept, logged at most once a second.
     refusals: RateLimitedLog,
     shutdown: CancellationToken,
@@ -114,6 +123,7 @@ struct Shared {
 /// A running node.
 pub struct NodeHandle {
     local_addr: SocketAddr,
+    shared: Arc<Shared>,
     raft: Raft,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
@@ -131,6 +141,16 @@ impl NodeHandle {
     /// The address the node listens on (with the real port when 0 was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The hooks of a metrics endpoint: set the node's gauges and kept counters from its
+    /// state (before a scrape), and whether it serves clients (`/readyz`).
+    pub fn metrics_hooks(&self) -> (ScrapeHook, ReadyHook) {
+        let (a, b) = (Arc::clone(&self.shared), Arc::clone(&self.shared));
+        (
+            Arc::new(move || crate::metrics::refresh(&a)),
+            Arc::new(move || b.hsm.serving().map_err(|e| e.message)),
+        )
     }
 
     /// Stops accepting, lets requests in flight finish (up to the configured grace period) and
@@ -248,6 +268,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         sessions: AtomicUsize::new(0),
         busy: AtomicUsize::new(0),
         signs: AtomicU64::new(0),
+        octets: Arc::new(Octets::default()),
+        metrics_enabled: AtomicBool::new(false),
         refusals: RateLimitedLog::default(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -271,9 +293,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         shared.hsm.removal(),
         shutdown.clone(),
     ));
-    let done = tokio::spawn(accept_loop(shared, listener));
+    let done = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
     Ok(NodeHandle {
         local_addr,
+        shared,
         raft,
         shutdown,
         done,
@@ -395,9 +418,18 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
         .map_err(NodeError::Runtime)?;
     runtime.block_on(async {
         let id = config.id;
+        let metrics_bind = config.metrics_bind;
         let node = start(config).await?;
+        let metrics_stop = CancellationToken::new();
+        let metrics = match metrics_bind {
+            Some(bind) => Some(serve_metrics(&node, bind, metrics_stop.clone()).await?),
+            None => None,
+        };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "sealgate node {id} listening on {}", node.local_addr());
+        if let Some(addr) = metrics {
+            let _ = writeln!(out, "sealgate node {id} metrics on http://{addr}");
+        }
         let _ = out.flush();
         drop(out);
         if stop_on_stdin_eof {
@@ -409,6 +441,7 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
             wait_for_signal().await;
         }
         info!("shutting down");
+        metrics_stop.cancel();
         node.shutdown().await;
         info!("stopped");
         Ok::<(), NodeError>(())
@@ -416,6 +449,23 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
     // Connections that outlived the grace period are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Installs the process's metrics recorder and serves `/metrics`, `/healthz` and `/readyz` on
+/// `bind`; returns the address.
+async fn serve_metrics(
+    node: &NodeHandle,
+    bind: SocketAddr,
+    stop: CancellationToken,
+) -> Result<SocketAddr, NodeError> {
+    let handle = exporter::install(&[]).map_err(|e| NodeError::Metrics(e.to_string()))?;
+    node.shared.metrics_enabled.store(true, Ordering::Relaxed);
+    let (on_scrape, ready) = node.metrics_hooks();
+    let exposition = Arc::new(Exposition::new(handle, on_scrape, ready));
+    let endpoint = exporter::serve(bind, exposition, stop)
+        .await
+        .map_err(|e| NodeError::Metrics(e.to_string()))?;
+    Ok(endpoint.local_addr())
 }
 
 /// Returns when standard input reaches its end (or fails).
@@ -447,7 +497,7 @@ async fn wait_for_signal() {
 /// A warning that a flood would repeat: logged at most once a second, with how many were not.
 #[derive(Default)]
 struct RateLimitedLog {
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    last: std::sync::Mutex<Option<Instant>>,
     suppressed: AtomicUsize,
 }
 
@@ -455,7 +505,7 @@ impl RateLimitedLog {
     /// Calls `log` with the number of events suppressed since the last line, or counts this
     /// one as suppressed.
     fn note(&self, log: impl FnOnce(usize)) {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let due = match self.last.lock() {
             Ok(mut last) => {
                 let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
@@ -584,6 +634,7 @@ fn refusal(id: u64, kind: ErrorKind, message: impl Into<String>) -> Bytes {
 async fn serve_connection(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let limits = &shared.config.limits;
     let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    let tcp = Counted::new(tcp, Arc::clone(&shared.octets));
     let stream = match tokio::time::timeout(handshake, shared.acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -765,16 +816,19 @@ fn runs_inline(request: &Request) -> bool {
 }
 
 /// Runs one engine request for `session` and encodes its answer: on a crypto thread, or inline
-/// (`runs_inline`). A panic inside the engine is a bug; it is answered, not propagated.
+/// (`runs_inline`). A panic inside the engine is a bug; it is answered, not propagated. Its
+/// time in the engine and since it `arrived` go to the operation's latency histograms.
 fn execute(
     shared: &Shared,
     session: SessionId,
     id: u64,
     min_index: u64,
     request: Request,
+    arrived: Instant,
 ) -> Bytes {
     let hsm = &shared.hsm;
     let name = request.name();
+    let started = Instant::now();
     // Signatures are counted (`Health::signs`).
     let sign = matches!(request, Request::Sign { .. });
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -792,6 +846,10 @@ fn execute(
     });
     if sign && result.is_ok() {
         shared.signs.fetch_add(1, Ordering::Relaxed);
+    }
+    if shared.metrics_enabled.load(Ordering::Relaxed) {
+        let done = Instant::now();
+        crate::metrics::operation(shared, name, done - started, done - arrived);
     }
     indexed_response(id, hsm.log_index(), result)
 }
@@ -817,6 +875,7 @@ async fn serve_requests<S: AsyncRead>(
             next = frames.next() => next,
         };
         let Some(batch) = next else { break };
+        let arrived = Instant::now();
         // A lone request that costs less than the hand-off to a crypto thread and back (see
         // `runs_inline`) is answered here, when the pool has nothing queued; a batch, or a busy
         // pool, goes to the crypto threads, which spread it over the cores.
@@ -910,14 +969,14 @@ async fn serve_requests<S: AsyncRead>(
                 && shared.hsm.log_index() >= min_index
                 && shared.hsm.readable_now()
             {
-                answers.push(execute(shared, session, id, min_index, request));
+                answers.push(execute(shared, session, id, min_index, request, arrived));
                 drop(permit);
                 continue;
             }
             let shared = Arc::clone(shared);
             let answer = tx.clone();
             jobs.push(Box::new(move |outbox: &mut Outbox| {
-                let bytes = execute(&shared, session, id, min_index, request);
+                let bytes = execute(&shared, session, id, min_index, request, arrived);
                 outbox.send(answer, bytes, permit);
             }) as Job);
             ids.push(id);
@@ -1042,7 +1101,7 @@ mod tests {
         }
         assert_eq!(lines, vec![0], "one line for the first second");
         if let Ok(mut last) = log.last.lock() {
-            *last = Some(std::time::Instant::now() - Duration::from_secs(2));
+            *last = Some(Instant::now() - Duration::from_secs(2));
         }
         log.note(|suppressed| lines.push(suppressed));
         assert_eq!(

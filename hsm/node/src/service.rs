@@ -120,6 +120,11 @@ impl Hsm {
         self.state.read().map_err(|_| unavailable())
     }
 
+    /// The engine's counters (for metrics); `None` while the state is unavailable.
+    pub(crate) fn stats(&self) -> Option<sealgate_hsm_core::EngineStats> {
+        self.read().ok().map(|st| st.engine().stats())
+    }
+
     /// Whether nothing holds the state for writing right now (a log entry or a snapshot being
     /// applied), so a read would not wait: checked before answering on an I/O task.
     pub(crate) fn readable_now(&self) -> bool {

@@ -1,0 +1,301 @@
+//! `sealgate serve --dev` scraped by a real Prometheus (the Debian package; the test command
+//! installs it): after known traffic, Prometheus's query API returns the proxy's and the three
+//! HSM nodes' series with the values the traffic implies. `promtool` accepts the exposition,
+//! the shipped scrape configuration and the alert rules.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::run_bounded;
+
+/// A child process killed (by its PID) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of `tool`, or a failure saying how to install it (never a silent skip).
+fn tool(tool: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} is missing: apt-get install -y prometheus (the README's test command does)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Starts `serve --dev` in `dir`; returns it, its HTTPS port and its metrics address.
+fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
+    let port = free_port();
+    let log = dir.join("serve.log");
+    let mut child = Command::new(support::sealgate_bin())
+        .args([
+            OsStr::new("serve"),
+            OsStr::new("--dev"),
+            OsStr::new("--data-dir"),
+        ])
+        .arg(dir.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut metrics = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "serve --dev did not start within 120 s; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        if let Some(addr) = line.split("sealgate serve metrics on http://").nth(1) {
+            metrics = Some(addr.trim().parse().unwrap());
+        }
+        if line.starts_with("try: curl") {
+            break;
+        }
+    }
+    (
+        running,
+        port,
+        metrics.expect("serve printed its metrics address"),
+    )
+}
+
+/// `curl -s URL` (bounded), the body.
+fn get(url: &str) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", url]);
+    let out = run_bounded(cmd, None);
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One instant query through Prometheus's HTTP API: every series' labels and value.
+fn query(prometheus: u16, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-G"])
+        .arg(format!("http://127.0.0.1:{prometheus}/api/v1/query"))
+        .arg("--data-urlencode")
+        .arg(format!("query={promql}"));
+    let out = run_bounded(cmd, None);
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    body["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1].as_str().unwrap_or("NaN").parse().unwrap();
+                    (s["metric"].clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `promql` gives exactly one series whose value is `want`.
+fn wait_for_value(prometheus: u16, promql: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = query(prometheus, promql);
+        if last.len() == 1 && last[0].1 == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{promql}: wanted {want}, Prometheus has {last:?}");
+}
+
+#[test]
+fn prometheus_scrapes_the_proxy_and_its_hsm_nodes() {
+    let prometheus_bin = tool("prometheus");
+    let promtool = tool("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, port, metrics) = serve_dev(dir.path());
+    let cert = dir.path().join("data/dev-cert.pem");
+
+    // /healthz and /readyz answer; an unknown path is 404.
+    assert_eq!(get(&format!("http://{metrics}/healthz")), "ok\n");
+    assert_eq!(get(&format!("http://{metrics}/readyz")), "ready\n");
+
+    // Traffic: 6 requests on 6 connections (6 full handshakes) reach the demo upstream, and
+    // 1 HTTP/2 request with too many headers gets the proxy's own 431.
+    const OK: u64 = 6;
+    for _ in 0..OK {
+        let out = support::proxy::curl(&cert, port, "/", &[]);
+        assert_eq!(out.status, 200, "{out:?}");
+    }
+    let many: Vec<String> = (0..120).map(|i| format!("x-h{i}: v")).collect();
+    let mut extra: Vec<&str> = vec!["--http2"];
+    for h in &many {
+        extra.extend(["-H", h.as_str()]);
+    }
+    let refused = support::proxy::curl(&cert, port, "/", &extra);
+    assert_eq!(refused.status, 431, "{refused:?}");
+
+    // The exposition: every family once, accepted by promtool.
+    let exposition = get(&format!("http://{metrics}/metrics"));
+    let file = dir.path().join("exposition.txt");
+    std::fs::write(&file, &exposition).unwrap();
+    let mut check = Command::new(&promtool);
+    check.args(["check", "metrics"]);
+    let out = run_bounded(check, Some(exposition.as_bytes()));
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for family in [
+        "# TYPE sealgate_request_count_total counter",
+        "# TYPE sealgate_hsm_unhealthy gauge",
+        "# TYPE sealgate_hsm_operation_exec_time_seconds histogram",
+        "# TYPE sealgate_handshake_sign_time_seconds histogram",
+    ] {
+        assert_eq!(
+            exposition.matches(family).count(),
+            1,
+            "{family}\n{exposition}"
+        );
+    }
+
+    // The shipped configuration and rules.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/prometheus");
+    for (what, file) in [("rules", "alerts.yml"), ("config", "prometheus.yml")] {
+        let mut check = Command::new(&promtool);
+        check.args(["check", what]).arg(shipped.join(file));
+        let out = run_bounded(check, None);
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A real Prometheus scraping serve every 500 ms.
+    let prom_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: sealgate\n    \
+             static_configs:\n      - targets: [\"{metrics}\"]\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Running(
+        Command::new(&prometheus_bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+
+    let ok = OK as f64;
+    wait_for_value(prom_port, "up{job=\"sealgate\"}", 1.0);
+    wait_for_value(prom_port, "sealgate_request_count_total", ok + 1.0);
+    wait_for_value(
+        prom_port,
+        "sealgate_tls_handshakes_total{kind=\"full\"}",
+        ok + 1.0,
+    );
+    wait_for_value(
+        prom_port,
+        "sealgate_http_code_target_2xx_count_total{pool=\"demo\"}",
+        ok,
+    );
+    wait_for_value(prom_port, "sealgate_http_code_elb_4xx_count_total", 1.0);
+    wait_for_value(prom_port, "sealgate_new_connection_count_total", ok + 1.0);
+    wait_for_value(prom_port, "sealgate_healthy_hosts{pool=\"demo\"}", 1.0);
+    wait_for_value(
+        prom_port,
+        "sealgate_handshake_sign_time_seconds_count",
+        ok + 1.0,
+    );
+    // The three nodes, each with its own series; all healthy, the same keys and users.
+    wait_for_value(prom_port, "count(sealgate_hsm_unhealthy == 0)", 3.0);
+    wait_for_value(prom_port, "sum(sealgate_hsm_raft_leader)", 1.0);
+    let keys = query(prom_port, "sealgate_hsm_keys_token_occupied");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|(_, v)| *v == keys[0].1 && *v >= 2.0),
+        "the dev key pair on every node: {keys:?}"
+    );
+    let ids: std::collections::BTreeSet<String> = keys
+        .iter()
+        .map(|(m, _)| m["hsm_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|(m, _)| m["cluster_id"] == keys[0].0["cluster_id"])
+    );
+    // One signature per full handshake, made by the nodes, plus the dev certificate's.
+    wait_for_value(prom_port, "sum(sealgate_hsm_signatures_total)", ok + 2.0);
+    wait_for_value(
+        prom_port,
+        "sum(sealgate_hsm_operation_total_time_seconds_count{operation=\"sign\"})",
+        ok + 2.0,
+    );
+}
