@@ -113,6 +113,22 @@ fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
     )
 }
 
+/// Every `expr` string in a Grafana dashboard (panel targets and query variables' `query`).
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
 /// `curl -s URL` (bounded), the body.
 fn get(url: &str) -> String {
     let mut cmd = Command::new("curl");
@@ -225,6 +241,54 @@ fn prometheus_scrapes_the_proxy_and_its_hsm_nodes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // The Grafana dashboard: every query is valid PromQL (as recording rules for promtool, the
+    // dashboard's variables replaced) and names only sealgate's metrics.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shipped.join("../dashboards/sealgate.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$cluster_id", ".*")
+            .replace("$pool", ".*")
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m");
+        rules.push_str(&format!(
+            "      - record: dashboard:{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sealgate_"))
+        {
+            let known = |n: &str| sealgate_monitoring::names::ALL.iter().any(|m| m.name == n);
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| known(base))
+                .unwrap_or(name);
+            assert!(
+                known(family),
+                "the dashboard queries {name}, which is not a sealgate metric"
+            );
+        }
+    }
+    let rules_file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&rules_file, rules).unwrap();
+    let mut check = Command::new(&promtool);
+    check.args(["check", "rules"]).arg(&rules_file);
+    let out = run_bounded(check, None);
+    assert!(
+        out.status.success(),
+        "the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A real Prometheus scraping serve every 500 ms.
     let prom_port = free_port();
