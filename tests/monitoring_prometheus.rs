@@ -363,3 +363,62 @@ fn prometheus_scrapes_the_proxy_and_its_hsm_nodes() {
         ok + 2.0,
     );
 }
+
+#[test]
+fn serve_writes_cloudwatch_emf_lines_that_count_the_traffic() {
+    let site = support::proxy::Site::new(1);
+    let upstream = support::proxy::Upstream::echo("up");
+    site.write_config(&format!(
+        r#"[[proxy.listeners]]
+bind = "127.0.0.1:0"
+[[proxy.listeners.certificates]]
+chain = "web.pem"
+key = {{ label = "web" }}
+
+[[proxy.routes]]
+path_prefix = "/"
+pool = "up"
+
+[[proxy.pools]]
+name = "up"
+servers = ["{}"]
+
+[monitoring.emf]
+path = "metrics.emf.jsonl"
+namespace = "sealgate-test"
+flush_interval_ms = 300
+"#,
+        upstream.addr
+    ));
+    let mut serve = site.serve();
+    const REQUESTS: u64 = 5;
+    for _ in 0..REQUESTS {
+        let out = support::proxy::curl(&site.cert, serve.port(), "/", &[]);
+        assert_eq!(out.status, 200, "{out:?}");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(serve.terminate().code(), Some(0), "{}", serve.log_text());
+
+    let text = std::fs::read_to_string(site.dir.join("metrics.emf.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 2, "{text}");
+    let (mut requests, mut upstream_2xx) = (0.0, 0.0);
+    for line in &lines {
+        sealgate_monitoring::emf::validate_emf_line(line)
+            .unwrap_or_else(|e| panic!("not valid EMF ({e}): {line}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let directive = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "sealgate-test");
+        requests += v["RequestCount"].as_f64().unwrap_or(0.0);
+        if v["TargetGroup"] == "up" {
+            upstream_2xx += v["HTTPCode_Target_2XX_Count"].as_f64().unwrap_or(0.0);
+            assert_eq!(
+                directive["Dimensions"],
+                serde_json::json!([["TargetGroup"]])
+            );
+        }
+    }
+    // Counters are per period: their values over every line add up to the traffic.
+    assert_eq!(requests, REQUESTS as f64, "{text}");
+    assert_eq!(upstream_2xx, REQUESTS as f64, "{text}");
+}

@@ -361,7 +361,11 @@ async fn serve(
         HsmMode::Embedded { data_dir } => {
             let running = match embedded {
                 Some(e) => e,
-                None => Embedded::start(data_dir, config.monitoring.metrics_bind.is_some()).await?,
+                None => {
+                    let metrics = config.monitoring.metrics_bind.is_some()
+                        || config.monitoring.emf.is_some();
+                    Embedded::start(data_dir, metrics).await?
+                }
             };
             (Some(running), data_dir.join("client.toml"))
         }
@@ -399,17 +403,47 @@ async fn serve_with(
         lines.push(format!("sealgate serve listening on https://{addr}"));
     }
     let metrics_stop = CancellationToken::new();
-    if let Some(bind) = config.monitoring.metrics_bind {
-        let addr = match serve_metrics(bind, &proxy, &client, embedded, metrics_stop.clone()).await
-        {
-            Ok(addr) => addr,
+    let mut emf_task = None;
+    if config.monitoring.metrics_bind.is_some() || config.monitoring.emf.is_some() {
+        let exposition = match exposition(&proxy, &client, embedded) {
+            Ok(e) => e,
             Err(e) => {
                 proxy.shutdown().await;
                 client.close().await;
                 return Err(e);
             }
         };
-        lines.push(format!("sealgate serve metrics on http://{addr}"));
+        if let Some(bind) = config.monitoring.metrics_bind {
+            let endpoint = sealgate_monitoring::exporter::serve(
+                bind,
+                std::sync::Arc::clone(&exposition),
+                metrics_stop.clone(),
+            )
+            .await;
+            match endpoint {
+                Ok(endpoint) => lines.push(format!(
+                    "sealgate serve metrics on http://{}",
+                    endpoint.local_addr()
+                )),
+                Err(e) => {
+                    proxy.shutdown().await;
+                    client.close().await;
+                    return Err(error("failed", e.to_string()));
+                }
+            }
+        }
+        if let Some(emf) = &config.monitoring.emf {
+            lines.push(format!(
+                "CloudWatch EMF every {:?} to {}",
+                emf.flush_interval,
+                emf.path.display()
+            ));
+            emf_task = Some(tokio::spawn(sealgate_monitoring::emf::run(
+                emf.clone(),
+                exposition,
+                metrics_stop.clone(),
+            )));
+        }
     }
     if let Some(e) = embedded {
         let pids: Vec<String> = e
@@ -442,21 +476,23 @@ async fn serve_with(
     }
     tracing::info!("shutting down");
     metrics_stop.cancel();
+    if let Some(task) = emf_task {
+        // The last interval's counts are written as the writer stops.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     proxy.shutdown().await;
     client.close().await;
     Ok(())
 }
 
-/// Installs the metrics recorder and serves `/metrics` (the proxy's metrics, the client SDK's
-/// per node, and the embedded nodes' own, merged), `/healthz` and `/readyz` (ready: at least
-/// one HSM node up, and the listeners, which are up once the proxy started) on `bind`.
-async fn serve_metrics(
-    bind: SocketAddr,
+/// Installs the metrics recorder; returns what the metrics endpoint and the EMF writer render:
+/// the proxy's metrics, the client SDK's per node, and the embedded nodes' own, merged; ready
+/// (`/readyz`) when at least one HSM node is up (the listeners are, once the proxy started).
+fn exposition(
     proxy: &Proxy,
     client: &Client,
     embedded: Option<&Embedded>,
-    stop: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<std::sync::Arc<sealgate_monitoring::exporter::Exposition>> {
     use sealgate_monitoring::exporter::{self, Exposition};
     use sealgate_monitoring::names as n;
     let handle = exporter::install(&[]).map_err(|e| error("failed", e.to_string()))?;
@@ -484,10 +520,7 @@ async fn serve_metrics(
     if let Some(e) = embedded {
         exposition = exposition.with_children(std::sync::Arc::new(e.metrics_endpoints()));
     }
-    let endpoint = exporter::serve(bind, std::sync::Arc::new(exposition), stop)
-        .await
-        .map_err(|e| error("failed", e.to_string()))?;
-    Ok(endpoint.local_addr())
+    Ok(std::sync::Arc::new(exposition))
 }
 
 /// What a signal asks for.

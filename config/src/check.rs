@@ -206,6 +206,19 @@ pub enum LogFormat {
 pub struct MonitoringConfig {
     /// Where the metrics endpoint listens (`/metrics`, `/healthz`, `/readyz`), if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// CloudWatch Embedded Metric Format output, if any.
+    pub emf: Option<EmfConfig>,
+}
+
+/// `[monitoring.emf]`: the metrics as CloudWatch EMF JSON lines, appended to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmfConfig {
+    /// The file.
+    pub path: PathBuf,
+    /// The CloudWatch namespace.
+    pub namespace: String,
+    /// How often the lines are written.
+    pub flush_interval: Duration,
 }
 
 /// `[logging]`.
@@ -410,6 +423,31 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
             )
         })?),
     };
+    let emf = match &raw.monitoring.emf {
+        None => None,
+        Some(e) => {
+            if let Err(why) = check_namespace(&e.namespace) {
+                return Err(invalid(
+                    "monitoring.emf.namespace".into(),
+                    format!("{:?}: {why}", e.namespace),
+                ));
+            }
+            if !(100..=3_600_000).contains(&e.flush_interval_ms) {
+                return Err(invalid(
+                    "monitoring.emf.flush_interval_ms".into(),
+                    format!(
+                        "{} is not between 100 and 3600000 milliseconds",
+                        e.flush_interval_ms
+                    ),
+                ));
+            }
+            Some(EmfConfig {
+                path: base.join(&e.path),
+                namespace: e.namespace.clone(),
+                flush_interval: Duration::from_millis(e.flush_interval_ms),
+            })
+        }
+    };
     Ok(Config {
         file: file.to_owned(),
         proxy,
@@ -421,8 +459,52 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
             level: raw.logging.level.clone(),
             format,
         },
-        monitoring: MonitoringConfig { metrics_bind },
+        monitoring: MonitoringConfig { metrics_bind, emf },
     })
+}
+
+/// The longest namespace, in characters (CloudWatch).
+pub const MAX_NAMESPACE_CHARS: usize = 255;
+
+/// Why a CloudWatch namespace is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamespaceError {
+    /// The namespace is empty.
+    #[error("the namespace is empty")]
+    Empty,
+    /// The namespace is longer than [`MAX_NAMESPACE_CHARS`].
+    #[error("the namespace is longer than {MAX_NAMESPACE_CHARS} characters")]
+    TooLong,
+    /// The namespace holds a character CloudWatch refuses.
+    #[error(
+        "the namespace holds {0:?}: only ASCII letters, digits, spaces and . - _ / # : are allowed"
+    )]
+    BadChar(char),
+    /// The namespace starts with `AWS/`, which AWS keeps for its services.
+    #[error("namespaces starting with AWS/ are reserved for AWS services")]
+    Reserved,
+}
+
+/// Checks `namespace` against CloudWatch's rules: 1 to 255 characters among ASCII letters,
+/// digits, space and `. - _ / # :`, not starting with `AWS/`.
+pub fn check_namespace(namespace: &str) -> Result<(), NamespaceError> {
+    if namespace.is_empty() {
+        return Err(NamespaceError::Empty);
+    }
+    if namespace.chars().count() > MAX_NAMESPACE_CHARS {
+        return Err(NamespaceError::TooLong);
+    }
+    if let Some(c) = namespace
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " .-_/#:".contains(*c)))
+    {
+        return Err(NamespaceError::BadChar(c));
+    }
+    if namespace.starts_with("AWS/") {
+        return Err(NamespaceError::Reserved);
+    }
+    Ok(())
 }
 
 fn check_certificate(

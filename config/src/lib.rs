@@ -34,9 +34,9 @@ mod check;
 mod raw;
 
 pub use check::{
-    Balancing, CertificateConfig, Config, HealthCheck, HsmConfig, HsmMode, KeyRef, ListenerConfig,
-    LogFormat, LoggingConfig, MonitoringConfig, PoolConfig, ProxyLimits, RouteConfig,
-    UpstreamProtocol,
+    Balancing, CertificateConfig, Config, EmfConfig, HealthCheck, HsmConfig, HsmMode, KeyRef,
+    ListenerConfig, LogFormat, LoggingConfig, MAX_NAMESPACE_CHARS, MonitoringConfig,
+    NamespaceError, PoolConfig, ProxyLimits, RouteConfig, UpstreamProtocol, check_namespace,
 };
 pub use raw::RawConfig;
 

@@ -218,6 +218,31 @@ pub struct RawMonitoring {
     /// `ip:port` of the metrics endpoint (`/metrics`, `/healthz`, `/readyz`); none when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_bind: Option<String>,
+    /// `[monitoring.emf]`: CloudWatch Embedded Metric Format lines to a file; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emf: Option<RawEmf>,
+}
+
+/// `[monitoring.emf]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmf {
+    /// The file the JSON lines are appended to.
+    pub path: PathBuf,
+    /// The CloudWatch namespace.
+    #[serde(default = "default_emf_namespace")]
+    pub namespace: String,
+    /// How often, in milliseconds (CloudWatch's standard resolution: 60 000).
+    #[serde(default = "default_emf_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+fn default_emf_namespace() -> String {
+    "sealgate".to_owned()
+}
+
+fn default_emf_flush_interval_ms() -> u64 {
+    60_000
 }
 
 /// `[logging]`.
