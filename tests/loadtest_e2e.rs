@@ -48,23 +48,7 @@ fn total(signs: &BTreeMap<u32, u64>) -> u64 {
 async fn the_tools_counts_match_the_hsm_nodes_signature_counters() {
     let site = Site::new(3);
     let upstream = Upstream::echo("up");
-    site.write_config(&format!(
-        r#"[[proxy.listeners]]
-bind = "127.0.0.1:0"
-[[proxy.listeners.certificates]]
-chain = "web.pem"
-key = {{ label = "web" }}
-
-[[proxy.routes]]
-path_prefix = "/"
-pool = "up"
-
-[[proxy.pools]]
-name = "up"
-servers = ["{}"]
-"#,
-        upstream.addr
-    ));
+    site.write_config(&Site::one_pool_proxy("up", upstream.addr, ""));
     let dir = site.dir.clone();
     let client_toml = site.cluster.client_toml();
     let password_file = dir.join("cu1-password");

@@ -368,27 +368,11 @@ fn prometheus_scrapes_the_proxy_and_its_hsm_nodes() {
 fn serve_writes_cloudwatch_emf_lines_that_count_the_traffic() {
     let site = support::proxy::Site::new(1);
     let upstream = support::proxy::Upstream::echo("up");
-    site.write_config(&format!(
-        r#"[[proxy.listeners]]
-bind = "127.0.0.1:0"
-[[proxy.listeners.certificates]]
-chain = "web.pem"
-key = {{ label = "web" }}
-
-[[proxy.routes]]
-path_prefix = "/"
-pool = "up"
-
-[[proxy.pools]]
-name = "up"
-servers = ["{}"]
-
-[monitoring.emf]
-path = "metrics.emf.jsonl"
-namespace = "sealgate-test"
-flush_interval_ms = 300
-"#,
-        upstream.addr
+    site.write_config(&support::proxy::Site::one_pool_proxy(
+        "up",
+        upstream.addr,
+        "\n[monitoring.emf]\npath = \"metrics.emf.jsonl\"\nnamespace = \"sealgate-test\"\n\
+         flush_interval_ms = 300\n",
     ));
     let mut serve = site.serve();
     const REQUESTS: u64 = 5;

@@ -42,23 +42,7 @@ const RUN_LIMIT: u64 = 30;
 const ROUND_LIMIT: u64 = 180;
 
 fn proxy_toml(echo: &Upstream) -> String {
-    format!(
-        r#"[[proxy.listeners]]
-bind = "127.0.0.1:0"
-[[proxy.listeners.certificates]]
-chain = "web.pem"
-key = {{ label = "web" }}
-
-[[proxy.routes]]
-path_prefix = "/"
-pool = "echo"
-
-[[proxy.pools]]
-name = "echo"
-servers = ["{}"]
-"#,
-        echo.addr
-    )
+    Site::one_pool_proxy("echo", echo.addr, "")
 }
 
 /// The node every answering node names as leader (bounded: 30 s).

@@ -726,6 +726,18 @@ pub mod proxy {
             );
         }
 
+        /// The `[proxy]` tables of the simplest site: one listener on a free port of 127.0.0.1
+        /// with `web.pem` (key `web`), every path routed to the pool `pool` of one server
+        /// (`upstream`); `extra` is appended (another section, say).
+        pub fn one_pool_proxy(pool: &str, upstream: SocketAddr, extra: &str) -> String {
+            format!(
+                "[[proxy.listeners]]\nbind = \"127.0.0.1:0\"\n\
+                 [[proxy.listeners.certificates]]\nchain = \"web.pem\"\nkey = {{ label = \"web\" }}\n\n\
+                 [[proxy.routes]]\npath_prefix = \"/\"\npool = \"{pool}\"\n\n\
+                 [[proxy.pools]]\nname = \"{pool}\"\nservers = [\"{upstream}\"]\n{extra}"
+            )
+        }
+
         /// Starts `sealgate serve --config sealgate.toml`, its log in `serve.log`.
         pub fn serve(&self) -> Serve {
             Serve::start(&self.config, &self.dir.join("serve.log"))
