@@ -259,7 +259,10 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    init_logging(default_level);
+    // `serve` sets its log up from its configuration ([logging]) once it has read it.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(default_level);
+    }
     output::finish(format, run(cli))
 }
 

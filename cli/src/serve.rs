@@ -65,11 +65,25 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<Report> {
         .map_err(|e| error("failed", format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         if args.dev {
+            // --dev's configuration logs readable lines to standard error at `info`.
+            let _log = sealgate_monitoring::logging::init(
+                &sealgate_config::RawConfig::default().logging.level,
+                sealgate_config::LogFormat::Pretty,
+                None,
+            )
+            .map_err(|e| error("config", e))?;
             dev(args).await
         } else {
             let file = args.config.clone().context("--config FILE is needed")?;
             let config = sealgate_config::load(&file, std::env::vars())
                 .map_err(|e| error("config", e.to_string()))?;
+            let logging = &config.logging;
+            let _log = sealgate_monitoring::logging::init(
+                &logging.level,
+                logging.format,
+                logging.file.as_ref().map(|(f, r)| (f.as_path(), *r)),
+            )
+            .map_err(|e| error("config", e))?;
             serve(config, None, None).await
         }
     })?;
@@ -362,8 +376,8 @@ async fn serve(
             let running = match embedded {
                 Some(e) => e,
                 None => {
-                    let metrics = config.monitoring.metrics_bind.is_some()
-                        || config.monitoring.emf.is_some();
+                    let metrics =
+                        config.monitoring.metrics_bind.is_some() || config.monitoring.emf.is_some();
                     Embedded::start(data_dir, metrics).await?
                 }
             };

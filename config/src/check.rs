@@ -228,6 +228,21 @@ pub struct LoggingConfig {
     pub level: String,
     /// The format.
     pub format: LogFormat,
+    /// The log file (standard error when none), and how it rotates.
+    pub file: Option<(PathBuf, Rotation)>,
+    /// Whether every request is logged (target `sealgate::access`).
+    pub access_log: bool,
+}
+
+/// When a log file is replaced by a new one (named with the date and, hourly, the hour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// One file per day.
+    Daily,
+    /// One file per hour.
+    Hourly,
+    /// One file (rotate it with logrotate's `copytruncate`).
+    Never,
 }
 
 /// Checks `raw`, read from `file`; relative paths are taken from `base`.
@@ -414,6 +429,17 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
             ));
         }
     };
+    let rotation = match raw.logging.rotation.as_str() {
+        "daily" => Rotation::Daily,
+        "hourly" => Rotation::Hourly,
+        "never" => Rotation::Never,
+        other => {
+            return Err(invalid(
+                "logging.rotation".into(),
+                format!("{other:?} is none of \"daily\", \"hourly\" and \"never\""),
+            ));
+        }
+    };
     let metrics_bind = match &raw.monitoring.metrics_bind {
         None => None,
         Some(bind) => Some(bind.parse::<SocketAddr>().map_err(|_| {
@@ -458,6 +484,8 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
         logging: LoggingConfig {
             level: raw.logging.level.clone(),
             format,
+            file: raw.logging.file.as_ref().map(|f| (base.join(f), rotation)),
+            access_log: raw.logging.access_log,
         },
         monitoring: MonitoringConfig { metrics_bind, emf },
     })
@@ -715,6 +743,14 @@ password_file = "pw"
             (
                 GOOD.replace("least-requests", "random"),
                 "proxy.pools.0.balancing",
+            ),
+            (
+                format!("{GOOD}\n[logging]\nrotation = \"weekly\"\n"),
+                "logging.rotation: \"weekly\" is none of",
+            ),
+            (
+                format!("{GOOD}\n[monitoring.emf]\npath = \"m.jsonl\"\nnamespace = \"AWS/ELB\"\n"),
+                "monitoring.emf.namespace: \"AWS/ELB\"",
             ),
             (
                 format!("{GOOD}\n[monitoring]\nmetrics_bind = \"localhost\"\n"),

@@ -36,7 +36,8 @@ mod raw;
 pub use check::{
     Balancing, CertificateConfig, Config, EmfConfig, HealthCheck, HsmConfig, HsmMode, KeyRef,
     ListenerConfig, LogFormat, LoggingConfig, MAX_NAMESPACE_CHARS, MonitoringConfig,
-    NamespaceError, PoolConfig, ProxyLimits, RouteConfig, UpstreamProtocol, check_namespace,
+    NamespaceError, PoolConfig, ProxyLimits, Rotation, RouteConfig, UpstreamProtocol,
+    check_namespace,
 };
 pub use raw::RawConfig;
 

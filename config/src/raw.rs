@@ -253,13 +253,24 @@ pub struct RawLogging {
     pub level: String,
     /// `pretty` or `json`.
     pub format: String,
+    /// A file to write the log to instead of standard error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// With `file`: `daily`, `hourly` or `never` (a new file, suffixed with the date, each
+    /// period).
+    pub rotation: String,
+    /// One line per request (target `sealgate::access`, level info).
+    pub access_log: bool,
 }
 
 impl Default for RawLogging {
     fn default() -> Self {
         Self {
-            level: "info".to_owned(),
+            level: "info,openraft=error".to_owned(),
             format: "pretty".to_owned(),
+            file: None,
+            rotation: "daily".to_owned(),
+            access_log: false,
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod emf;
 pub mod exporter;
 pub mod io;
+pub mod logging;
 pub mod merge;
 pub mod names;
 

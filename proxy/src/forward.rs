@@ -299,7 +299,7 @@ pub(crate) fn local(status: StatusCode, text: &str) -> Response<ProxyBody> {
 
 /// The request's host, lowercase, without port: from the URI (HTTP/2's :authority) or the
 /// Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
     let raw = req.uri().host().map(str::to_owned).or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -595,12 +595,16 @@ where
     let sent = Instant::now();
     let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
     server.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let result = classify(result);
+    let mut result = classify(result);
     let name = pool.config.name.clone();
-    match &result {
+    match &mut result {
         Ok(response) => {
+            let took = sent.elapsed();
             histogram!(n::TARGET_RESPONSE_TIME.name, "pool" => name.clone())
-                .record(sent.elapsed().as_secs_f64());
+                .record(took.as_secs_f64());
+            response
+                .extensions_mut()
+                .insert(crate::access::UpstreamTime(took));
             let class = match response.status().as_u16() {
                 200..=299 => n::HTTP_CODE_TARGET_2XX_COUNT,
                 300..=399 => n::HTTP_CODE_TARGET_3XX_COUNT,

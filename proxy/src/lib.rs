@@ -10,11 +10,13 @@
 //!   HSM in `block_in_place` (or on the blocking pool: DESIGN.md §2), so a slow HSM never stalls
 //!   the runtime.
 //! - `forward`: routes, pools, forwarding headers, streaming bodies.
+//! - `access`: the access log, one line per request when its response has been sent.
 //!
 //! What this crate does not do: it does not depend on the HSM engine or its crypto crate
 //! (`cargo tree -p sealgate-proxy` shows neither); it reaches keys only through the client SDK.
 #![forbid(unsafe_code)]
 
+mod access;
 mod certs;
 pub mod demo;
 mod forward;

@@ -3,9 +3,11 @@
 //! through the [`Forwarder`].
 
 use crate::ProxyError;
+use crate::access::{Access, LoggedBody, UpstreamTime};
 use crate::certs::CertResolver;
 use crate::forward::{ClientInfo, Forwarder};
 use crate::signer::{SignCounters, in_handshake_pool};
+use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,7 +19,7 @@ use sealgate_hsm_client::Client;
 use sealgate_monitoring::io::{Counted, Octets};
 use sealgate_monitoring::names as n;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -99,6 +101,8 @@ struct Listener {
     forwarder: Arc<RwLock<Arc<Forwarder>>>,
     driver: HandshakeDriver,
     limits: ProxyLimits,
+    /// `[logging] access_log`: one line per request (changed by a reload).
+    access_log: AtomicBool,
     handshakes: Arc<Semaphore>,
     stats: Arc<ProxyStats>,
     shutdown: CancellationToken,
@@ -183,6 +187,7 @@ impl Proxy {
                 forwarder: Arc::clone(&forwarder),
                 driver: HandshakeDriver::from_env(),
                 limits: config.proxy,
+                access_log: AtomicBool::new(config.logging.access_log),
                 handshakes: Arc::clone(&handshakes),
                 stats: Arc::clone(&stats),
                 shutdown: shutdown.clone(),
@@ -252,6 +257,8 @@ impl Proxy {
             if let Ok(mut slot) = l.tls.write() {
                 *slot = t;
             }
+            l.access_log
+                .store(config.logging.access_log, Ordering::Relaxed);
         }
         if let Ok(mut slot) = self.forwarder.write() {
             *slot = forwarder;
@@ -358,6 +365,10 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
         _ => "full",
     };
     counter!(n::TLS_HANDSHAKES.name, "kind" => kind).increment(1);
+    let version = match tls.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLSv1.3",
+    };
     // HTTP/2 only when ALPN chose it (RFC 9113 §3.2): the protocol is known before the first
     // byte, so the header-read timer runs from the start (an auto-detecting server would wait
     // for enough bytes to tell, with no timer).
@@ -369,28 +380,50 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
     let max_headers = l.limits.max_headers;
     let service = {
         let activity = Arc::clone(&activity);
+        let listener = Arc::clone(&l);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             counter!(n::REQUEST_COUNT.name).increment(1);
+            // What the access line needs of the request, taken before it is forwarded.
+            let access = listener.access_log.load(Ordering::Relaxed).then(|| Access {
+                client: info.addr,
+                host: crate::forward::request_host(&req).unwrap_or_default(),
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                status: http::StatusCode::OK,
+                upstream: None,
+                started: std::time::Instant::now(),
+                tls: version,
+                handshake: kind,
+            });
             // The routes in force now (a reload may have replaced them since the last request).
             let f = forwarder.read().map(|f| Arc::clone(&f)).ok();
             let busy = activity.begin();
             async move {
                 let _busy = busy;
                 // hyper enforces the count for HTTP/1.1; HTTP/2 has no such setting.
-                if req.headers().len() > max_headers {
-                    return Ok::<_, std::convert::Infallible>(crate::forward::local(
+                let response = if req.headers().len() > max_headers {
+                    crate::forward::local(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "too many request headers",
-                    ));
-                }
-                Ok(match f {
-                    Some(f) => f.handle(req, info).await,
-                    None => crate::forward::local(
-                        http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "the proxy's routes are unavailable",
-                    ),
-                })
+                    )
+                } else {
+                    match f {
+                        Some(f) => f.handle(req, info).await,
+                        None => crate::forward::local(
+                            http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "the proxy's routes are unavailable",
+                        ),
+                    }
+                };
+                let Some(mut access) = access else {
+                    return Ok::<_, std::convert::Infallible>(response);
+                };
+                access.status = response.status();
+                access.upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
+                let (parts, body) = response.into_parts();
+                let body = LoggedBody::new(body, access).boxed();
+                Ok(http::Response::from_parts(parts, body))
             }
         })
     };
