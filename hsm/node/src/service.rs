@@ -223,10 +223,17 @@ impl Hsm {
         }
     }
 
+    /// Whether the cluster id is known (the node has the cluster's state), without copying it:
+    /// asked on every request.
+    fn has_cluster_id(&self) -> bool {
+        let cached = self.cluster_id.read().is_ok_and(|s| !s.is_empty());
+        cached || !self.refresh_cluster_id().is_empty()
+    }
+
     /// Whether this node serves clients: not while it is joining (it has no cluster state
     /// yet) and not once it was removed from the cluster.
     pub(crate) fn serving(&self) -> Result<(), proto::Error> {
-        if self.cluster_id().is_empty() {
+        if !self.has_cluster_id() {
             return Err(proto::Error::new(
                 ErrorKind::Unavailable,
                 format!(
