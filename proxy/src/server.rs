@@ -47,7 +47,7 @@ pub struct ProxyStats {
 /// Where the signing step of a handshake runs (DESIGN.md §2). In both, the ClientHello is read
 /// on the runtime and at most `max_handshakes_in_flight` handshakes are in their signing step
 /// at once. `BlockInPlace` is the default: measured side by side against `Offload` on this
-/// machine it took 0.80–0.90× the CPU per full handshake at the same or a higher rate
+/// machine it took 0.80–0.96× the CPU per full handshake at the same or a higher rate
 /// (BENCHMARKS.md, "Handshake driver"); `SEALGATE_HANDSHAKE_DRIVER=offload` selects the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeDriver {
