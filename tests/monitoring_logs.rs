@@ -62,3 +62,52 @@ fn serve_writes_json_logs_with_one_access_line_per_request() {
         assert_eq!(a["handshake"], "full", "{a}");
     }
 }
+
+#[test]
+fn a_node_logs_json_to_the_file_its_configuration_names() {
+    let mut cluster = support::Cluster::init(1);
+    let path = cluster.node_config(1);
+    let mut file: sealgate_hsm_node::NodeFile =
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    file.logging = sealgate_hsm_node::LoggingSection {
+        format: Some("json".into()),
+        file: Some("logs/node-1.log".into()),
+        rotation: Some("never".into()),
+        ..Default::default()
+    };
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    cluster.start(1);
+    cluster.stop(1);
+
+    let log = cluster.dir.join("logs/node-1.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "node listening"),
+        "{text}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
+    // Nothing of it went to standard error.
+    let stderr = std::fs::read_to_string(cluster.node_log(1)).unwrap_or_default();
+    assert!(!stderr.contains("node listening"), "{stderr}");
+}
+
+#[test]
+fn a_bad_logging_section_is_refused_with_the_file_and_key() {
+    let cluster = support::Cluster::init(1);
+    let path = cluster.node_config(1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n[logging]\nformat = \"xml\"\n")).unwrap();
+    let mut cmd = std::process::Command::new(support::sealgate_bin());
+    cmd.args(["node", "--config"]).arg(&path);
+    let out = support::run_bounded(cmd, None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node-1.toml") && stderr.contains("logging.format"),
+        "{stderr}"
+    );
+}

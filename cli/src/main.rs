@@ -252,16 +252,10 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let format = cli.global.output;
-    let default_level = if matches!(cli.command, Command::Node(_) | Command::Serve(_)) {
-        // openraft reports every failed message to a peer that is down at warn level, several
-        // lines each time; its errors still show.
-        "info,openraft=error"
-    } else {
-        "warn"
-    };
-    // `serve` sets its log up from its configuration ([logging]) once it has read it.
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_logging(default_level);
+    // `serve` and `node` set their log up from their configuration ([logging]) once read
+    // (default `info,openraft=error`); the management commands log warnings to stderr.
+    if !matches!(cli.command, Command::Serve(_) | Command::Node(_)) {
+        init_logging("warn");
     }
     output::finish(format, run(cli))
 }

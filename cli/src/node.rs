@@ -37,6 +37,23 @@ pub(crate) fn run(args: &NodeArgs) -> anyhow::Result<Report> {
     if args.metrics_bind.is_some() {
         config.metrics_bind = args.metrics_bind;
     }
+    let l = &config.logging;
+    let rotation = match l.rotation.as_str() {
+        "hourly" => sealgate_config::Rotation::Hourly,
+        "never" => sealgate_config::Rotation::Never,
+        _ => sealgate_config::Rotation::Daily,
+    };
+    let format = if l.json {
+        sealgate_config::LogFormat::Json
+    } else {
+        sealgate_config::LogFormat::Pretty
+    };
+    let _log = sealgate_monitoring::logging::init(
+        &l.level,
+        format,
+        l.file.as_deref().map(|f| (f, rotation)),
+    )
+    .map_err(|e| error("config", e))?;
     let id = config.id;
     sealgate_hsm_node::run_with(config, args.stop_on_stdin_eof)
         .map_err(|e| error("failed", e.to_string()))?;

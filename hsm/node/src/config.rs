@@ -23,6 +23,46 @@ pub struct NodeFile {
     /// `[monitoring]`.
     #[serde(default, skip_serializing_if = "MonitoringSection::is_empty")]
     pub monitoring: MonitoringSection,
+    /// `[logging]`.
+    #[serde(default, skip_serializing_if = "LoggingSection::is_empty")]
+    pub logging: LoggingSection,
+}
+
+/// `[logging]`: the node's log (standard error with `SEALGATE_LOG`'s filter when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// A tracing filter (default `info,openraft=error`; `SEALGATE_LOG` overrides it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// `pretty` (default) or `json` (one object per line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A file instead of standard error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// With `file`: `daily` (default), `hourly` or `never`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
+}
+
+impl LoggingSection {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The node's log, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLogging {
+    /// The tracing filter.
+    pub level: String,
+    /// One JSON object per line rather than readable lines.
+    pub json: bool,
+    /// The log file, if not standard error.
+    pub file: Option<PathBuf>,
+    /// `daily`, `hourly` or `never`.
+    pub rotation: String,
 }
 
 /// `[monitoring]`.
@@ -165,6 +205,8 @@ pub struct NodeConfig {
     pub join: bool,
     /// `[monitoring] metrics_bind`: where the metrics endpoint listens, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// `[logging]`.
+    pub logging: NodeLogging,
 }
 
 /// Why a node configuration was refused. Every message names the file and, where it applies,
@@ -312,6 +354,28 @@ impl NodeConfig {
                 )
             })?),
         };
+        let l = &file.logging;
+        let json = match l.format.as_deref().unwrap_or("pretty") {
+            "pretty" => false,
+            "json" => true,
+            _ => return Err(invalid("logging.format", "must be \"pretty\" or \"json\"")),
+        };
+        let rotation = l.rotation.clone().unwrap_or_else(|| "daily".to_owned());
+        if !["daily", "hourly", "never"].contains(&rotation.as_str()) {
+            return Err(invalid(
+                "logging.rotation",
+                "must be \"daily\", \"hourly\" or \"never\"",
+            ));
+        }
+        let logging = NodeLogging {
+            level: l
+                .level
+                .clone()
+                .unwrap_or_else(|| "info,openraft=error".to_owned()),
+            json,
+            file: l.file.as_ref().map(|f| base.join(f)),
+            rotation,
+        };
         Ok(Self {
             id: file.node.id,
             listen,
@@ -323,6 +387,7 @@ impl NodeConfig {
             members,
             join: file.cluster.join,
             metrics_bind,
+            logging,
         })
     }
 

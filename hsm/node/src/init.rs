@@ -21,8 +21,8 @@
 //! ```
 
 use crate::config::{
-    ClusterSection, LimitsSection, MAX_NODES, MemberSection, MonitoringSection, NodeFile,
-    NodeSection, TlsSection,
+    ClusterSection, LimitsSection, LoggingSection, MAX_NODES, MemberSection, MonitoringSection,
+    NodeFile, NodeSection, TlsSection,
 };
 use crate::master_key::{MasterKeyError, load_or_create_master_key};
 use crate::store::RedbStore;
@@ -601,6 +601,7 @@ fn write_node_config(
         limits: LimitsSection::default(),
         cluster,
         monitoring: MonitoringSection::default(),
+        logging: LoggingSection::default(),
     };
     write_new(
         created,

@@ -21,8 +21,8 @@ mod store;
 mod tls;
 
 pub use config::{
-    ClusterSection, LimitsSection, MAX_NODE_ID, MAX_NODES, MemberSection, MonitoringSection,
-    NodeConfig, NodeConfigError, NodeFile, NodeSection, TlsSection,
+    ClusterSection, LimitsSection, LoggingSection, MAX_NODE_ID, MAX_NODES, MemberSection,
+    MonitoringSection, NodeConfig, NodeConfigError, NodeFile, NodeLogging, NodeSection, TlsSection,
 };
 pub use master_key::{MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_or_create_master_key};
 pub use server::{NodeError, NodeHandle, run, run_with, start};
