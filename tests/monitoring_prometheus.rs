@@ -41,12 +41,14 @@ impl Drop for Running {
     }
 }
 
+/// A free port for Prometheus (which cannot report a port 0 it was given), below the
+/// ephemeral range (32768 and up), so that no outgoing connection takes it meanwhile.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 32000")
 }
 
 /// The path of `tool`, or a failure saying how to install it (never a silent skip).
@@ -64,7 +66,6 @@ fn tool(tool: &str) -> PathBuf {
 
 /// Starts `serve --dev` in `dir`; returns it, its HTTPS port and its metrics address.
 fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
-    let port = free_port();
     let log = dir.join("serve.log");
     let mut child = Command::new(support::sealgate_bin())
         .args([
@@ -73,7 +74,8 @@ fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
             OsStr::new("--data-dir"),
         ])
         .arg(dir.join("data"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        // Port 0 everywhere: a port picked in advance may be taken by then.
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,7 +92,7 @@ fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
     });
     let running = Running(child);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut metrics = None;
+    let (mut metrics, mut port) = (None, None);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).unwrap_or_else(|_| {
@@ -102,13 +104,16 @@ fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
         if let Some(addr) = line.split("sealgate serve metrics on http://").nth(1) {
             metrics = Some(addr.trim().parse().unwrap());
         }
+        if let Some(addr) = line.strip_prefix("sealgate serve listening on https://") {
+            port = Some(addr.trim().parse::<SocketAddr>().unwrap().port());
+        }
         if line.starts_with("try: curl") {
             break;
         }
     }
     (
         running,
-        port,
+        port.expect("serve printed its address"),
         metrics.expect("serve printed its metrics address"),
     )
 }

@@ -29,22 +29,14 @@ struct Serve {
     node_pids: Vec<u32>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Serve {
     fn start(dir: &Path, log: &Path) -> Self {
-        let port = free_port();
         let log_file = std::fs::File::create(log).unwrap();
         let mut child = Command::new(support::sealgate_bin())
             .args(["serve", "--dev", "--data-dir"])
             .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            // Port 0 everywhere: a port picked in advance may be taken by then.
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--metrics", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -75,6 +67,12 @@ impl Serve {
                 }
             }
         }
+        let port = output
+            .iter()
+            .find_map(|l| l.strip_prefix("sealgate serve listening on https://"))
+            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+            .expect("serve printed its address")
+            .port();
         let node_pids = output
             .iter()
             .find(|l| l.starts_with("HSM nodes"))
