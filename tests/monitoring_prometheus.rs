@@ -11,12 +11,9 @@
 
 mod support;
 
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::run_bounded;
 
@@ -66,56 +63,10 @@ fn tool(tool: &str) -> PathBuf {
 
 /// Starts `serve --dev` in `dir`; returns it, its HTTPS port and its metrics address.
 fn serve_dev(dir: &Path) -> (Running, u16, SocketAddr) {
-    let log = dir.join("serve.log");
-    let mut child = Command::new(support::sealgate_bin())
-        .args([
-            OsStr::new("serve"),
-            OsStr::new("--dev"),
-            OsStr::new("--data-dir"),
-        ])
-        .arg(dir.join("data"))
-        // Port 0 everywhere: a port picked in advance may be taken by then.
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--metrics", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut metrics, mut port) = (None, None);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "serve --dev did not start within 120 s; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        if let Some(addr) = line.split("sealgate serve metrics on http://").nth(1) {
-            metrics = Some(addr.trim().parse().unwrap());
-        }
-        if let Some(addr) = line.strip_prefix("sealgate serve listening on https://") {
-            port = Some(addr.trim().parse::<SocketAddr>().unwrap().port());
-        }
-        if line.starts_with("try: curl") {
-            break;
-        }
-    }
-    (
-        running,
-        port.expect("serve printed its address"),
-        metrics.expect("serve printed its metrics address"),
-    )
+    let (child, output) = support::start_dev(&dir.join("data"), &dir.join("serve.log"));
+    let https = support::address_after(&output, "sealgate serve listening on https://");
+    let metrics = support::address_after(&output, "sealgate serve metrics on http://");
+    (Running(child), https.port(), metrics)
 }
 
 /// Every `expr` string in a Grafana dashboard (panel targets and query variables' `query`).

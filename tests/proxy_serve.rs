@@ -15,10 +15,8 @@ mod support;
 
 use sealgate_hsm_client::{Client, ClientConfig};
 use sealgate_hsm_proto::{Reply, Request};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// A running `sealgate serve --dev`; stopped by its PID when dropped.
@@ -31,48 +29,8 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, log: &Path) -> Self {
-        let log_file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(support::sealgate_bin())
-            .args(["serve", "--dev", "--data-dir"])
-            .arg(dir)
-            // Port 0 everywhere: a port picked in advance may be taken by then.
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--metrics", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut output = Vec::new();
-        while !output.iter().any(|l: &String| l.starts_with("try: curl")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => output.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "serve --dev did not start within 120 s; stdout {output:?}; log:\n{}",
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-            }
-        }
-        let port = output
-            .iter()
-            .find_map(|l| l.strip_prefix("sealgate serve listening on https://"))
-            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
-            .expect("serve printed its address")
-            .port();
+        let (child, output) = support::start_dev(dir, log);
+        let port = support::address_after(&output, "sealgate serve listening on https://").port();
         let node_pids = output
             .iter()
             .find(|l| l.starts_with("HSM nodes"))

@@ -95,6 +95,8 @@ impl Server {
 #[derive(Debug)]
 struct Pool {
     config: PoolConfig,
+    /// The pool's name as a metrics label, shared (no allocation per request).
+    label: Arc<str>,
     servers: Vec<Server>,
     next: AtomicUsize,
 }
@@ -379,6 +381,7 @@ impl Forwarder {
                         })
                         .collect(),
                     config: p.clone(),
+                    label: Arc::from(p.name.as_str()),
                     next: AtomicUsize::new(0),
                 })
             })
@@ -432,7 +435,7 @@ impl Forwarder {
         for pool in &self.pools {
             let healthy = pool.servers.iter().filter(|s| s.usable(now)).count();
             let unhealthy = pool.servers.len() - healthy;
-            let name = pool.config.name.clone();
+            let name = Arc::clone(&pool.label);
             gauge!(n::HEALTHY_HOST_COUNT.name, "pool" => name.clone()).set(healthy as f64);
             gauge!(n::UN_HEALTHY_HOST_COUNT.name, "pool" => name).set(unhealthy as f64);
         }
@@ -596,7 +599,7 @@ where
     let result = tokio::time::timeout(pool.config.response_timeout, client.request(req)).await;
     server.in_flight.fetch_sub(1, Ordering::Relaxed);
     let mut result = classify(result);
-    let name = pool.config.name.clone();
+    let name = Arc::clone(&pool.label);
     match &mut result {
         Ok(response) => {
             let took = sent.elapsed();
@@ -689,6 +692,7 @@ mod tests {
                 response_timeout: Duration::from_secs(1),
                 health_check: None,
             },
+            label: Arc::from("p"),
             servers: (0..n)
                 .map(|i| Server {
                     address: format!("127.0.0.1:{}", 9000 + i),

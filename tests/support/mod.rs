@@ -374,6 +374,55 @@ pub fn start_listening(
     }
 }
 
+/// Starts `sealgate serve --dev --data-dir DIR` with its HTTPS and metrics listeners on port 0
+/// (a port picked in advance may be taken by then), stderr to `log`, and waits (bounded:
+/// 120 s) for its `try: curl` line. Returns the child and every line it printed up to there.
+pub fn start_dev(dir: &Path, log: &Path) -> (Child, Vec<String>) {
+    let mut child = Command::new(sealgate_bin())
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn sealgate serve --dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut output = Vec::new();
+    while !output.iter().any(|l: &String| l.starts_with("try: curl")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => output.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "serve --dev did not start within 120 s; stdout {output:?}; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+    (child, output)
+}
+
+/// The address in the first of `lines` that starts with `prefix`.
+pub fn address_after(lines: &[String], prefix: &str) -> SocketAddr {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"))
+}
+
 /// A running `sealgate node` process; killed by PID when dropped.
 pub struct NodeProcess {
     child: Child,
