@@ -61,6 +61,31 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
 }
 
 /// Keeps calling until node `id` signs with `handle` (bounded), and returns the signature.
+/// The JSON lines of `path` (none if it does not exist).
+fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The management events named `name` that nodes 1 to 3 recorded, oldest first.
+fn events(cluster: &Cluster, name: &str) -> Vec<serde_json::Value> {
+    let mut all: Vec<serde_json::Value> = (1..=3)
+        .flat_map(|id| {
+            jsonl(
+                &cluster
+                    .dir
+                    .join(format!("node-{id}/management-events.jsonl")),
+            )
+        })
+        .filter(|e| e["eventName"] == name)
+        .collect();
+    all.sort_by(|a, b| a["eventTime"].as_str().cmp(&b["eventTime"].as_str()));
+    all
+}
+
 async fn signature_from(client: &Client, id: u32, handle: u64) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -83,6 +108,34 @@ async fn a_fourth_node_joins_signs_with_existing_keys_and_is_removed() {
     cluster.start_all();
     cluster.activate();
     cluster.create_user("cu1", "cu", CU1_PASSWORD);
+    // The node that served the creation audited it; the other two audit it as they apply it,
+    // naming the node it came from.
+    let creations = |id: u32| {
+        jsonl(&cluster.dir.join(format!("node-{id}/audit.jsonl")))
+            .into_iter()
+            .filter(|r| r["opcode"] == "CN_CREATE_USER" && r["user_name"] == "cu1")
+            .collect::<Vec<_>>()
+    };
+    support::wait_until(
+        "every node audits cu1's creation",
+        Duration::from_secs(10),
+        || (1..=3).all(|id| creations(id).len() == 1),
+    );
+    let served: Vec<u32> = (1..=3)
+        .filter(|&id| creations(id)[0]["origin_node"].is_null())
+        .collect();
+    assert_eq!(served.len(), 1, "{served:?}");
+    for id in 1..=3 {
+        let r = &creations(id)[0];
+        assert_eq!(r["actor_name"], "admin", "{r}");
+        assert_eq!(r["actor_type"], "CN_CRYPTO_OFFICER", "{r}");
+        assert_eq!(r["user_type"], "CN_CRYPTO_USER", "{r}");
+        assert_eq!(r["response"], "SUCCESS", "{r}");
+        if id != served[0] {
+            assert_eq!(r["origin_node"], served[0], "{r}");
+            assert!(r["session"].is_null(), "{r}");
+        }
+    }
     let cu = support::sdk::connect(&cluster.client_toml(), "cu1", CU1_PASSWORD).await;
     let Reply::KeysCreated(handles) = support::sdk::write(&cu, None, new_key()).await else {
         panic!("expected handles");
@@ -96,10 +149,36 @@ async fn a_fourth_node_joins_signs_with_existing_keys_and_is_removed() {
     assert!(!cluster.dir.join("node-4.toml").exists());
     assert!(!cluster.dir.join("node-4").exists());
     let client_toml = std::fs::read(cluster.client_toml()).unwrap();
+    // The refusal is a management event with its error code, and an audit record.
+    let denied = events(&cluster, "AddNode");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["errorCode"], "permission-denied", "{}", denied[0]);
+    assert_eq!(
+        denied[0]["userIdentity"]["userName"], "cu1",
+        "{}",
+        denied[0]
+    );
+    assert_eq!(
+        denied[0]["userIdentity"]["type"], "CryptoUser",
+        "{}",
+        denied[0]
+    );
+    assert_eq!(denied[0]["sourceIPAddress"], "127.0.0.1", "{}", denied[0]);
+    assert!(denied[0]["responseElements"].is_null(), "{}", denied[0]);
 
     // Node 4 is added, then started with no domain key and no store of its own.
     let id = cluster.add_node();
     assert_eq!(id, 4);
+    let added = events(&cluster, "AddNode");
+    assert_eq!(added.len(), 2, "{added:?}");
+    let added = &added[1];
+    assert!(added["errorCode"].is_null(), "{added}");
+    assert_eq!(added["userIdentity"]["userName"], "admin", "{added}");
+    assert_eq!(added["userIdentity"]["type"], "CryptoOfficer", "{added}");
+    assert_eq!(added["requestParameters"]["hsmId"], 4, "{added}");
+    let members = added["responseElements"]["members"].as_array().unwrap();
+    assert!(members.iter().any(|m| m["id"] == 4), "{added}");
+    assert_eq!(added["clusterId"].as_str().unwrap().len(), 32, "{added}");
     assert!(!cluster.dir.join("node-4/master.key").exists());
     assert!(!cluster.dir.join("node-4/store.redb").exists());
     cluster.start(4);
@@ -114,6 +193,14 @@ async fn a_fourth_node_joins_signs_with_existing_keys_and_is_removed() {
         assert_eq!(n["info"]["keys"], all[0]["info"]["keys"], "{v}");
         assert_eq!(n["info"]["users"], 3, "{v}");
     }
+    // Its audit stream starts with its start and the cluster state it received (a clone).
+    let four = jsonl(&cluster.dir.join("node-4/audit.jsonl"));
+    let opcodes: Vec<&str> = four.iter().map(|r| r["opcode"].as_str().unwrap()).collect();
+    assert_eq!(
+        opcodes[..2],
+        ["CN_NODE_START", "CN_CLONE_TARGET_INIT"],
+        "{four:?}"
+    );
     // It received the domain key from a member, and keeps it like the others.
     assert_eq!(
         std::fs::read(cluster.dir.join("node-4/master.key")).unwrap(),

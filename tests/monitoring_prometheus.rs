@@ -362,3 +362,67 @@ fn serve_writes_cloudwatch_emf_lines_that_count_the_traffic() {
     assert_eq!(requests, REQUESTS as f64, "{text}");
     assert_eq!(upstream_2xx, REQUESTS as f64, "{text}");
 }
+
+#[test]
+fn a_node_writes_cloudwatch_emf_lines_of_its_own() {
+    let mut cluster = support::Cluster::init(1);
+    let path = cluster.node_config(1);
+    let mut file: sealgate_hsm_node::NodeFile =
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    file.monitoring.emf = Some(sealgate_monitoring::emf::RawEmf {
+        path: "node-emf.jsonl".into(),
+        namespace: "sealgate-node".into(),
+        flush_interval_ms: 200,
+    });
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    cluster.start(1);
+    cluster.activate();
+    cluster.create_user("cu1", "cu", support::CU1_PASSWORD);
+    let cu1 = Some(("cu1", support::CU1_PASSWORD));
+    let (_, private) = cluster.ec_pair(cu1, "emf");
+    const SIGNS: u64 = 3;
+    for _ in 0..SIGNS {
+        let signed = cluster.sign_x(cu1, &private);
+        assert_eq!(signed["ok"], true, "{signed}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cluster.stop(1).success());
+
+    let text = std::fs::read_to_string(cluster.dir.join("node-emf.jsonl")).unwrap();
+    let (mut signatures, mut unhealthy_lines) = (0.0, 0);
+    for line in text.lines() {
+        sealgate_monitoring::emf::validate_emf_line(line)
+            .unwrap_or_else(|e| panic!("not valid EMF ({e}): {line}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let directive = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "sealgate-node");
+        if v.get("HsmUnhealthy").is_some() {
+            unhealthy_lines += 1;
+            assert_eq!(v["HsmUnhealthy"], 0.0, "{line}");
+            assert_eq!(v["HsmId"], "1", "{line}");
+            assert_eq!(v["ClusterId"].as_str().unwrap().len(), 32, "{line}");
+            assert_eq!(
+                directive["Dimensions"],
+                serde_json::json!([["ClusterId", "HsmId"]]),
+                "{line}"
+            );
+        }
+        signatures += v["HsmSignatures"].as_f64().unwrap_or(0.0);
+    }
+    assert!(unhealthy_lines > 1, "{text}");
+    assert_eq!(signatures, SIGNS as f64, "{text}");
+
+    // A bad namespace is refused with the file and the key; the node does not start.
+    let mut bad: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    bad["monitoring"]["emf"]["namespace"] = "AWS/CloudHSM".into();
+    std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+    let mut cmd = Command::new(support::sealgate_bin());
+    cmd.args(["node", "--config"]).arg(&path);
+    let out = run_bounded(cmd, None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node-1.toml") && stderr.contains("monitoring.emf.namespace"),
+        "{stderr}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The checked configuration: every value parsed and in range, every reference resolved.
 
 use crate::ConfigError;
-use crate::raw::{RawCertificate, RawConfig, RawHealthCheck, RawPool};
+use crate::raw::{RawCertificate, RawConfig, RawEmf, RawHealthCheck, RawPool};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -451,28 +451,7 @@ pub(crate) fn check(raw: RawConfig, base: &Path, file: &Path) -> Result<Config, 
     };
     let emf = match &raw.monitoring.emf {
         None => None,
-        Some(e) => {
-            if let Err(why) = check_namespace(&e.namespace) {
-                return Err(invalid(
-                    "monitoring.emf.namespace".into(),
-                    format!("{:?}: {why}", e.namespace),
-                ));
-            }
-            if !(100..=3_600_000).contains(&e.flush_interval_ms) {
-                return Err(invalid(
-                    "monitoring.emf.flush_interval_ms".into(),
-                    format!(
-                        "{} is not between 100 and 3600000 milliseconds",
-                        e.flush_interval_ms
-                    ),
-                ));
-            }
-            Some(EmfConfig {
-                path: base.join(&e.path),
-                namespace: e.namespace.clone(),
-                flush_interval: Duration::from_millis(e.flush_interval_ms),
-            })
-        }
+        Some(e) => Some(check_emf(e, base).map_err(|(key, why)| invalid(key.into(), why))?),
     };
     Ok(Config {
         file: file.to_owned(),
@@ -512,6 +491,31 @@ pub enum NamespaceError {
     /// The namespace starts with `AWS/`, which AWS keeps for its services.
     #[error("namespaces starting with AWS/ are reserved for AWS services")]
     Reserved,
+}
+
+/// Checks a `[monitoring.emf]` section (of `serve`'s file or a node.toml); relative paths are
+/// taken from `base`. A refusal names the key (`monitoring.emf.…`) and what is wrong.
+pub fn check_emf(e: &RawEmf, base: &Path) -> Result<EmfConfig, (&'static str, String)> {
+    if let Err(why) = check_namespace(&e.namespace) {
+        return Err((
+            "monitoring.emf.namespace",
+            format!("{:?}: {why}", e.namespace),
+        ));
+    }
+    if !(100..=3_600_000).contains(&e.flush_interval_ms) {
+        return Err((
+            "monitoring.emf.flush_interval_ms",
+            format!(
+                "{} is not between 100 and 3600000 milliseconds",
+                e.flush_interval_ms
+            ),
+        ));
+    }
+    Ok(EmfConfig {
+        path: base.join(&e.path),
+        namespace: e.namespace.clone(),
+        flush_interval: Duration::from_millis(e.flush_interval_ms),
+    })
 }
 
 /// Checks `namespace` against CloudWatch's rules: 1 to 255 characters among ASCII letters,

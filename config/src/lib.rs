@@ -36,10 +36,10 @@ mod raw;
 pub use check::{
     Balancing, CertificateConfig, Config, EmfConfig, HealthCheck, HsmConfig, HsmMode, KeyRef,
     ListenerConfig, LogFormat, LoggingConfig, MAX_NAMESPACE_CHARS, MonitoringConfig,
-    NamespaceError, PoolConfig, ProxyLimits, Rotation, RouteConfig, UpstreamProtocol,
+    NamespaceError, PoolConfig, ProxyLimits, Rotation, RouteConfig, UpstreamProtocol, check_emf,
     check_namespace,
 };
-pub use raw::RawConfig;
+pub use raw::{RawConfig, RawEmf};
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};

@@ -33,7 +33,9 @@
 
 use crate::exporter::Exposition;
 use crate::names::{ALL, Kind, Unit};
-pub use sealgate_config::{EmfConfig, MAX_NAMESPACE_CHARS, NamespaceError, check_namespace};
+pub use sealgate_config::{
+    EmfConfig, MAX_NAMESPACE_CHARS, NamespaceError, RawEmf, check_emf, check_namespace,
+};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;

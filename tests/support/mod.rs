@@ -314,6 +314,45 @@ impl Cluster {
         id
     }
 
+    /// As `user`, generates a P-256 key pair labelled `label`; returns the public and private
+    /// handles as the CLI prints them.
+    pub fn ec_pair(&self, user: Option<(&str, &str)>, label: &str) -> (String, String) {
+        let v = self.sg_json(
+            user,
+            &[
+                "key",
+                "generate",
+                "ec",
+                "--curve",
+                "secp256r1",
+                "--label",
+                label,
+            ],
+        );
+        assert_eq!(v["ok"], true, "key generate: {v}");
+        (
+            v["data"]["public"].to_string(),
+            v["data"]["private"].to_string(),
+        )
+    }
+
+    /// As `user`, signs "x" with ECDSA-SHA256 and `handle`; returns the CLI's JSON answer.
+    pub fn sign_x(&self, user: Option<(&str, &str)>, handle: &str) -> serde_json::Value {
+        self.sg_json(
+            user,
+            &[
+                "crypto",
+                "sign",
+                "--handle",
+                handle,
+                "--mechanism",
+                "ecdsa-sha256",
+                "--data",
+                "x",
+            ],
+        )
+    }
+
     /// As the CO, creates a user.
     pub fn create_user(&self, name: &str, role: &str, password: &str) {
         let out = self.sg_env(

@@ -663,11 +663,22 @@ impl Engine {
         }
     }
 
-    fn user_name(&self, id: UserId) -> String {
+    pub(crate) fn user_name(&self, id: UserId) -> String {
         self.users
             .get(&id)
             .map(|u| u.name.clone())
             .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    pub(crate) fn user_role(&self, id: UserId) -> Option<Role> {
+        self.users.get(&id).map(|u| u.role)
+    }
+
+    /// The name and role of the user called `name` (case-insensitively).
+    pub(crate) fn find_user(&self, name: &str) -> Option<(String, Role)> {
+        self.user_by_name(name)
+            .ok()
+            .map(|u| (u.name.clone(), u.role))
     }
 
     // ----- cluster and users ------------------------------------------------------------------

@@ -19,6 +19,7 @@
 
 mod api;
 mod attributes;
+mod audit;
 mod command;
 mod driver;
 mod engine;
@@ -34,6 +35,7 @@ pub use api::{
 pub use attributes::{
     Attribute, AttributeChange, KeyAttributes, KeyFilter, KeyTemplate, MAX_ID_LEN, MAX_LABEL_LEN,
 };
+pub use audit::{AuditUser, CommandAudit, LogType, Opcode};
 pub use command::{Command, CommandOp, KeyRecord, NewKeyObject, NewUser};
 pub use driver::{DriverError, LocalHsm};
 pub use engine::{

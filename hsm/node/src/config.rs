@@ -73,11 +73,15 @@ pub struct MonitoringSection {
     /// when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_bind: Option<String>,
+    /// `[monitoring.emf]`: the node's metrics as CloudWatch Embedded Metric Format lines
+    /// appended to `path` (as in `serve`'s configuration); none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emf: Option<sealgate_monitoring::emf::RawEmf>,
 }
 
 impl MonitoringSection {
     fn is_empty(&self) -> bool {
-        self.metrics_bind.is_none()
+        self.metrics_bind.is_none() && self.emf.is_none()
     }
 }
 
@@ -205,6 +209,8 @@ pub struct NodeConfig {
     pub join: bool,
     /// `[monitoring] metrics_bind`: where the metrics endpoint listens, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// `[monitoring.emf]`: EMF lines of the node's metrics, if wanted.
+    pub emf: Option<sealgate_monitoring::emf::EmfConfig>,
     /// `[logging]`.
     pub logging: NodeLogging,
 }
@@ -238,7 +244,7 @@ pub enum NodeConfigError {
         /// The key.
         key: &'static str,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -269,10 +275,10 @@ impl NodeConfig {
 
     /// Checks a parsed file; relative paths are taken from `base`.
     pub fn from_file(file: NodeFile, base: &Path, origin: &Path) -> Result<Self, NodeConfigError> {
-        let invalid = |key, reason| NodeConfigError::Invalid {
+        let invalid = |key: &'static str, reason: &str| NodeConfigError::Invalid {
             path: origin.to_owned(),
             key,
-            reason,
+            reason: reason.to_owned(),
         };
         if file.node.id == 0 || file.node.id > MAX_NODE_ID {
             return Err(invalid("node.id", "must be between 1 and 65535"));
@@ -354,6 +360,13 @@ impl NodeConfig {
                 )
             })?),
         };
+        let emf = match &file.monitoring.emf {
+            None => None,
+            Some(e) => Some(
+                sealgate_monitoring::emf::check_emf(e, base)
+                    .map_err(|(key, why)| invalid(key, &why))?,
+            ),
+        };
         let l = &file.logging;
         let json = match l.format.as_deref().unwrap_or("pretty") {
             "pretty" => false,
@@ -387,6 +400,7 @@ impl NodeConfig {
             members,
             join: file.cluster.join,
             metrics_bind,
+            emf,
             logging,
         })
     }
@@ -399,6 +413,16 @@ impl NodeConfig {
     /// The master key file.
     pub fn master_key_path(&self) -> PathBuf {
         self.data_dir.join("master.key")
+    }
+
+    /// The node's audit log (`audit.jsonl` in the data directory).
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join(crate::audit::AUDIT_FILE)
+    }
+
+    /// The node's management events (`management-events.jsonl` in the data directory).
+    pub fn events_path(&self) -> PathBuf {
+        self.data_dir.join(crate::audit::EVENTS_FILE)
     }
 }
 

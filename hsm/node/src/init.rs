@@ -244,6 +244,27 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitReport, InitError> {
     refuse_existing(&opts.dir)?;
     let mut created = Created::default();
     let report = write_cluster(opts, &host, &mut created)?;
+    // The CreateCluster management event, beside client.toml (the operator's side: the nodes
+    // record the calls they serve in their own data directories).
+    let events = opts.dir.join(crate::audit::EVENTS_FILE);
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let mut event = crate::audit::ManagementEvent::new(
+        "CreateCluster",
+        serde_json::json!({ "type": "LocalOperator", "userName": user }),
+        "local".into(),
+    );
+    event.cluster_id = Some(report.cluster_id.clone());
+    event.request_parameters = serde_json::json!({
+        "nodes": opts.nodes,
+        "host": opts.host,
+        "basePort": opts.base_port,
+    });
+    event.response_elements = serde_json::json!({
+        "clusterId": report.cluster_id,
+        "hsmIds": (1..=opts.nodes).collect::<Vec<u32>>(),
+    });
+    created.file(&events);
+    event.append_to(&events).map_err(io(&events))?;
     created.keep();
     Ok(report)
 }

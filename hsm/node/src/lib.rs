@@ -7,6 +7,7 @@
 //! (mode 0600) or in the environment, never in the store.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod config;
 mod convert;
 pub mod init;

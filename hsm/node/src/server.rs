@@ -9,6 +9,7 @@
 //! connection without a valid client certificate is logged in one line and closed; other
 //! connections are not affected.
 
+use crate::audit::AuditLog;
 use crate::config::NodeConfig;
 use crate::master_key::{
     MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_master_key_bytes, write_master_key,
@@ -91,6 +92,9 @@ pub enum NodeError {
     /// The metrics endpoint could not start.
     #[error("{0}")]
     Metrics(String),
+    /// The audit log could not be opened or continued.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// What connections share.
@@ -221,7 +225,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let database = store.database();
     let node_id = u64::from(config.id);
-    let replica = Replica::open(node_id, store, master, engine_config).map_err(store_error)?;
+    let mut replica = Replica::open(node_id, store, master, engine_config).map_err(store_error)?;
+    // Opened before replication starts, so the changes this node catches up on are audited.
+    let audit = Arc::new(AuditLog::open(
+        &config.audit_path(),
+        &config.events_path(),
+        config.id,
+    )?);
+    replica.attach_audit(Arc::clone(&audit));
     let replica = Arc::new(std::sync::RwLock::new(replica));
     let acceptor = TlsAcceptor::from(tls::server_config(&config.ca, &config.cert, &config.key)?);
     let listener = TcpListener::bind(config.listen)
@@ -251,6 +262,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         network.clone(),
         tokio::runtime::Handle::current(),
         config.limits.crypto_threads,
+        audit,
     ));
     let pool = CryptoPool::new(
         config.limits.crypto_threads,
@@ -419,14 +431,21 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
     runtime.block_on(async {
         let id = config.id;
         let metrics_bind = config.metrics_bind;
+        let emf = config.emf.clone();
         let node = start(config).await?;
         let metrics_stop = CancellationToken::new();
-        let metrics = match metrics_bind {
-            Some(bind) => Some(serve_metrics(&node, bind, metrics_stop.clone()).await?),
-            None => None,
-        };
+        let (metrics, emf_task) =
+            serve_metrics(&node, metrics_bind, emf.clone(), metrics_stop.clone()).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "sealgate node {id} listening on {}", node.local_addr());
+        if let Some(emf) = &emf {
+            let _ = writeln!(
+                out,
+                "sealgate node {id} CloudWatch EMF every {:?} to {}",
+                emf.flush_interval,
+                emf.path.display()
+            );
+        }
         if let Some(addr) = metrics {
             let _ = writeln!(out, "sealgate node {id} metrics on http://{addr}");
         }
@@ -442,6 +461,10 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
         }
         info!("shutting down");
         metrics_stop.cancel();
+        if let Some(task) = emf_task {
+            // The last interval's counts are written as the writer stops.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         node.shutdown().await;
         info!("stopped");
         Ok::<(), NodeError>(())
@@ -451,21 +474,33 @@ pub fn run_with(config: NodeConfig, stop_on_stdin_eof: bool) -> Result<(), NodeE
     Ok(())
 }
 
-/// Installs the process's metrics recorder and serves `/metrics`, `/healthz` and `/readyz` on
-/// `bind`; returns the address.
+/// With a `bind` address or an `emf` output, installs the process's metrics recorder; serves
+/// `/metrics`, `/healthz` and `/readyz` on `bind` and writes EMF lines to `emf` until `stop`.
+/// Returns the endpoint's address and the EMF writer's task.
 async fn serve_metrics(
     node: &NodeHandle,
-    bind: SocketAddr,
+    bind: Option<SocketAddr>,
+    emf: Option<sealgate_monitoring::emf::EmfConfig>,
     stop: CancellationToken,
-) -> Result<SocketAddr, NodeError> {
+) -> Result<(Option<SocketAddr>, Option<tokio::task::JoinHandle<()>>), NodeError> {
+    if bind.is_none() && emf.is_none() {
+        return Ok((None, None));
+    }
     let handle = exporter::install(&[]).map_err(|e| NodeError::Metrics(e.to_string()))?;
     node.shared.metrics_enabled.store(true, Ordering::Relaxed);
     let (on_scrape, ready) = node.metrics_hooks();
     let exposition = Arc::new(Exposition::new(handle, on_scrape, ready));
-    let endpoint = exporter::serve(bind, exposition, stop)
-        .await
-        .map_err(|e| NodeError::Metrics(e.to_string()))?;
-    Ok(endpoint.local_addr())
+    let address = match bind {
+        Some(bind) => Some(
+            exporter::serve(bind, Arc::clone(&exposition), stop.clone())
+                .await
+                .map_err(|e| NodeError::Metrics(e.to_string()))?
+                .local_addr(),
+        ),
+        None => None,
+    };
+    let task = emf.map(|emf| tokio::spawn(sealgate_monitoring::emf::run(emf, exposition, stop)));
+    Ok((address, task))
 }
 
 /// Returns when standard input reaches its end (or fails).
@@ -928,7 +963,11 @@ async fn serve_requests<S: AsyncRead>(
                 let (hsm, answer) = (Arc::clone(&shared.hsm), tx.clone());
                 tokio::spawn(async move {
                     let result = match hsm.serving() {
-                        Ok(()) => Arc::clone(&hsm).change_membership(session, change).await,
+                        Ok(()) => {
+                            Arc::clone(&hsm)
+                                .change_membership(session, change, peer)
+                                .await
+                        }
                         Err(e) => Err(e),
                     };
                     let index = hsm.log_index();

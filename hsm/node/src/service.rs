@@ -7,12 +7,14 @@
 //! its password (argon2) between two short write-locked steps, holding no lock, and at most
 //! half the crypto threads check passwords at once.
 
+use crate::audit::{AuditEntry, AuditLog, ManagementEvent};
 use crate::convert;
 use crate::raft::{ClusterEntry, MembershipChange, PeerNetwork, Raft, Removal, Replica};
 use openraft::error::ClientWriteError;
 use sealgate_hsm_core::crypto::{EncryptMechanism, Password, PublicKey};
 use sealgate_hsm_core::{
-    Command, Engine, EngineError, FromOutcome, KeyHandle, Outcome, Role, SessionId, Step, Timestamp,
+    AuditUser, Command, Engine, EngineError, FromOutcome, KeyHandle, Opcode, Outcome, Role,
+    SessionId, Step, Timestamp,
 };
 use sealgate_hsm_proto::{self as proto, ErrorKind, Reply, Request, Secret};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +41,8 @@ pub(crate) struct Hsm {
     /// Set when this node finds it was removed from the cluster
     /// ([`watch_removal`](crate::raft::watch_removal)).
     removal: Removal,
+    /// The node's audit stream (`audit.jsonl`) and management events.
+    audit: Arc<AuditLog>,
 }
 
 /// How long a follower waits for the leader to take a forwarded write, and then to apply it.
@@ -76,6 +80,16 @@ fn engine_error(e: EngineError) -> proto::Error {
     convert::error(&e)
 }
 
+/// A role as management events name it.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::PreCryptoOfficer => "PreCryptoOfficer",
+        Role::CryptoOfficer => "CryptoOfficer",
+        Role::CryptoUser => "CryptoUser",
+        Role::ApplianceUser => "ApplianceUser",
+    }
+}
+
 fn public_key_reply(key: &PublicKey) -> Reply {
     Reply::PublicKey {
         der: key.to_der().to_vec(),
@@ -93,6 +107,7 @@ impl Hsm {
         network: PeerNetwork,
         runtime: tokio::runtime::Handle,
         crypto_threads: usize,
+        audit: Arc<AuditLog>,
     ) -> Self {
         let (applied, run_id) = state
             .read()
@@ -111,6 +126,7 @@ impl Hsm {
             cluster_id: RwLock::new(String::new()),
             removal: Removal::default(),
             run_id,
+            audit,
         };
         let _ = this.refresh_cluster_id();
         this
@@ -296,9 +312,88 @@ impl Hsm {
         }
     }
 
-    /// Adds or removes a node (on the leader, through raft). Runs as its own task, not on the
-    /// crypto pool: adding a node waits for a snapshot and a log purge on the leader.
+    /// Adds or removes a node (on the leader, through raft), asked by `session` from `peer`;
+    /// audited and recorded as a management event, whether it succeeded or not. Runs as its
+    /// own task, not on the crypto pool: adding a node waits for a snapshot and a log purge on
+    /// the leader.
     pub(crate) async fn change_membership(
+        self: Arc<Self>,
+        session: SessionId,
+        change: MembershipChange,
+        peer: std::net::SocketAddr,
+    ) -> Result<Reply, proto::Error> {
+        let result = Arc::clone(&self)
+            .try_change_membership(session, change.clone())
+            .await;
+        let hsm = Arc::clone(&self);
+        let outcome = result.clone();
+        // The records are fsynced: not on an async worker.
+        let _ = tokio::task::spawn_blocking(move || {
+            hsm.record_membership(session, &change, peer, &outcome);
+        })
+        .await;
+        result
+    }
+
+    /// The audit record and the management event of a membership change.
+    fn record_membership(
+        &self,
+        session: SessionId,
+        change: &MembershipChange,
+        peer: std::net::SocketAddr,
+        outcome: &Result<Reply, proto::Error>,
+    ) {
+        let actor = self
+            .state
+            .read()
+            .ok()
+            .and_then(|st| st.engine().audit_session_user(session));
+        let (opcode, name, parameters, detail) = match change {
+            MembershipChange::Add { id, address } => (
+                Opcode::AddNode,
+                "AddNode",
+                serde_json::json!({ "hsmId": id, "address": address }),
+                format!("node {id} at {address}"),
+            ),
+            MembershipChange::Remove { id } => (
+                Opcode::RemoveNode,
+                "RemoveNode",
+                serde_json::json!({ "hsmId": id }),
+                format!("node {id}"),
+            ),
+        };
+        let mut entry = AuditEntry::new(opcode);
+        entry.session = Some(session);
+        entry.actor = actor.clone();
+        entry.detail = Some(detail);
+        entry.response = outcome.as_ref().map(|_| ()).map_err(|e| e.kind);
+        if let Err(e) = self.audit.record(entry) {
+            tracing::error!("{e}");
+        }
+        let identity = serde_json::json!({
+            "type": actor.as_ref().and_then(|a| a.role).map_or("Unauthenticated", role_name),
+            "userName": actor.as_ref().map(|a| a.name.as_str()),
+            "hsmId": self.node_id,
+            "sessionId": session.0,
+        });
+        let mut event = ManagementEvent::new(name, identity, peer.ip().to_string());
+        let cluster = self.cluster_id();
+        event.cluster_id = (!cluster.is_empty()).then_some(cluster);
+        event.request_parameters = parameters;
+        match outcome {
+            Ok(Reply::Members(members)) => {
+                event.response_elements = serde_json::json!({ "members": members });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                event.error_code = Some(e.kind.as_str().to_owned());
+                event.error_message = Some(e.message.clone());
+            }
+        }
+        self.audit.event(&event);
+    }
+
+    async fn try_change_membership(
         self: Arc<Self>,
         session: SessionId,
         change: MembershipChange,
@@ -339,9 +434,24 @@ impl Hsm {
             .map_err(engine_error)
     }
 
+    /// Ends `session`; a session still logged in (no logout) is audited as closed.
     pub(crate) fn close_session(&self, session: SessionId) {
-        if let Ok(mut st) = self.state.write() {
-            st.engine_mut().close_session(session);
+        let user = match self.state.write() {
+            Ok(mut st) => {
+                let user = st.engine().audit_session_user(session);
+                st.engine_mut().close_session(session);
+                user
+            }
+            Err(_) => return,
+        };
+        if let Some(user) = user {
+            let mut entry = AuditEntry::new(Opcode::CloseSession);
+            entry.session = Some(session);
+            entry.user = Some(user.clone());
+            entry.actor = Some(user);
+            if let Err(e) = self.audit.record(entry) {
+                tracing::error!("{e}");
+            }
         }
     }
 
@@ -462,16 +572,132 @@ impl Hsm {
         })
     }
 
-    /// Answers one request on `session`. Blocks: call it from the crypto pool.
+    /// Answers one request on `session`, and audits it if it is a login or a management
+    /// operation. Blocks: call it from the crypto pool.
     ///
-    /// After a failed store write the engine's memory is ahead of its store (the change was
-    /// applied but is not durable), so the node answers nothing more until restarted from the
-    /// store.
+    /// An audited request is refused while the audit log cannot be written (fail closed); the
+    /// record is durable before the answer leaves.
     pub(crate) fn handle(
         &self,
         session: SessionId,
         request: Request,
     ) -> Result<Reply, proto::Error> {
+        let Some(mut entry) = self.audit_plan(session, &request) else {
+            return self.dispatch(session, request);
+        };
+        if !self.audit.healthy() {
+            return Err(proto::Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "the node's audit log {} cannot be written, so it refuses audited \
+                     operations until restarted; use another node",
+                    self.audit.path().display()
+                ),
+            ));
+        }
+        let result = self.dispatch(session, request);
+        match &result {
+            Ok(Reply::KeysCreated(handles)) => match handles.as_slice() {
+                [public, private] => {
+                    entry.public_key_handle = Some(KeyHandle(*public));
+                    entry.key_handle = Some(KeyHandle(*private));
+                }
+                [one, ..] => entry.key_handle = Some(KeyHandle(*one)),
+                [] => {}
+            },
+            Ok(_) => {}
+            Err(e) => entry.response = Err(e.kind),
+        }
+        if let Err(e) = self.audit.record(entry) {
+            // The operation happened; the answer says so. Later ones are refused.
+            tracing::error!("{e}");
+        }
+        result
+    }
+
+    /// What the audit record of `request` says, read before it runs (the session's user, the
+    /// user it is about); `None` for a request that is not audited (reads, cryptographic
+    /// operations).
+    fn audit_plan(&self, session: SessionId, request: &Request) -> Option<AuditEntry> {
+        let opcode = match request {
+            Request::Login { .. } => Opcode::Login,
+            Request::Logout => Opcode::Logout,
+            Request::Activate { .. } | Request::ChangePassword { .. } => Opcode::ChangePassword,
+            Request::CreateUser {
+                role: proto::Role::CryptoOfficer,
+                ..
+            } => Opcode::CreateCo,
+            Request::CreateUser { .. } => Opcode::CreateUser,
+            Request::DeleteUser { .. } => Opcode::DeleteUser,
+            Request::GenerateKey { .. } => Opcode::GenerateKey,
+            Request::GenerateKeyPair { .. } => Opcode::GenerateKeyPair,
+            Request::ImportPublicKey { .. } => Opcode::CreateObject,
+            Request::UnwrapKey { .. } => Opcode::UnwrapKey,
+            Request::DeriveKey { .. } => Opcode::DeriveKey,
+            Request::SetAttributes { .. } => Opcode::ModifyObject,
+            Request::ShareKey { .. } => Opcode::ShareObject,
+            Request::UnshareKey { .. } => Opcode::UnshareObject,
+            Request::DeleteKey { .. } => Opcode::DestroyObject,
+            Request::WrapKey { .. } => Opcode::WrapKey,
+            _ => return None,
+        };
+        let mut entry = AuditEntry::new(opcode);
+        entry.session = Some(session);
+        let st = self.state.read().ok();
+        let engine = st.as_ref().map(|st| st.engine());
+        let named = |name: &str| {
+            engine.map_or_else(
+                || AuditUser {
+                    name: name.chars().take(64).collect(),
+                    role: None,
+                },
+                |e| e.audit_user(name),
+            )
+        };
+        entry.actor = engine.and_then(|e| e.audit_session_user(session));
+        entry.user = match request {
+            Request::Login { user, .. } => Some(named(user)),
+            Request::Logout | Request::Activate { .. } => entry.actor.clone(),
+            Request::CreateUser { name, role, .. } => Some(AuditUser {
+                role: Some(convert::role(*role)),
+                ..named(name)
+            }),
+            Request::DeleteUser { name } | Request::ChangePassword { name, .. } => {
+                Some(named(name))
+            }
+            Request::ShareKey { user, .. } | Request::UnshareKey { user, .. } => Some(named(user)),
+            _ => None,
+        };
+        entry.key_handle = match request {
+            Request::SetAttributes { handle, .. }
+            | Request::ShareKey { handle, .. }
+            | Request::UnshareKey { handle, .. }
+            | Request::DeleteKey { handle } => Some(KeyHandle(*handle)),
+            Request::WrapKey {
+                wrapping, handle, ..
+            } => {
+                entry.detail = Some(format!("wrapping key {wrapping}"));
+                Some(KeyHandle(*handle))
+            }
+            Request::UnwrapKey { unwrapping, .. } => {
+                entry.detail = Some(format!("unwrapping key {unwrapping}"));
+                None
+            }
+            Request::DeriveKey { base, .. } => {
+                entry.detail = Some(format!("base key {base}"));
+                None
+            }
+            _ => None,
+        };
+        Some(entry)
+    }
+
+    /// Answers one request on `session` (see [`Hsm::handle`]).
+    ///
+    /// After a failed store write the engine's memory is ahead of its store (the change was
+    /// applied but is not durable), so the node answers nothing more until restarted from the
+    /// store.
+    fn dispatch(&self, session: SessionId, request: Request) -> Result<Reply, proto::Error> {
         if !self.writable() {
             return Err(proto::Error::new(
                 ErrorKind::Unavailable,

@@ -4,6 +4,7 @@
 //! install by the same code that checks a store on start.
 
 use super::{ClusterEntry, ClusterResponse, NodeId, StorageError, TypeConfig, io_error};
+use crate::audit::{AuditEntry, AuditLog};
 use crate::convert;
 use crate::store::RedbStore;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -43,9 +44,16 @@ pub struct Replica {
     engine: Engine,
     store: RedbStore,
     machine: MachineRecord,
+    /// Where changes prepared by other nodes (or by an earlier run of this one) are audited.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Replica {
+    /// Audits, from now on, every change this replica applies for another node.
+    pub(crate) fn attach_audit(&mut self, audit: Arc<AuditLog>) {
+        self.audit = Some(audit);
+    }
+
     /// Loads the engine and the state machine's record from `store`.
     pub fn open(
         node_id: NodeId,
@@ -77,6 +85,7 @@ impl Replica {
             engine,
             store,
             machine,
+            audit: None,
         })
     }
 
@@ -208,6 +217,7 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         let mut replica = self.replica.write().map_err(|_| poisoned())?;
         let mut batch = StoreBatch::default();
         let mut responses = Vec::new();
+        let mut audited = Vec::new();
         for entry in entries {
             replica.machine.last_applied = Some(entry.log_id);
             match entry.payload {
@@ -248,8 +258,40 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
                             // restart, while raft's own record (written with every batch)
                             // already guarantees that an entry is applied once.
                             let index = replica.engine.applied_index() + 1;
+                            // The node that served the request audited it; the others record
+                            // the change as they apply it (read first: a deleted user's name
+                            // is gone after).
+                            let described = origin
+                                .is_none()
+                                .then(|| replica.engine.audit_command(&cmd))
+                                .flatten();
                             let applied = replica.engine.apply(index, &cmd, origin);
                             batch.ops.extend(applied.batch.ops);
+                            if let Some(d) = described {
+                                let mut entry = AuditEntry::new(d.opcode);
+                                entry.actor = d.actor;
+                                entry.user = d.user;
+                                entry.key_handle = d.key_handle;
+                                entry.origin_node = u32::try_from(origin_node).ok();
+                                entry.response = match (&applied.result, &cmd.op) {
+                                    (Ok(_), CommandOp::LoginAttempt { success: false, .. }) => {
+                                        Err(sealgate_hsm_proto::ErrorKind::LoginFailed)
+                                    }
+                                    (Ok(_), _) => Ok(()),
+                                    (Err(e), _) => Err(convert::error(e).kind),
+                                };
+                                if let Ok(outcome) = &applied.result {
+                                    match outcome.handles() {
+                                        [public, private] => {
+                                            entry.public_key_handle = Some(*public);
+                                            entry.key_handle = Some(*private);
+                                        }
+                                        [one] => entry.key_handle = Some(*one),
+                                        _ => {}
+                                    }
+                                }
+                                audited.push(entry);
+                            }
                             applied.result.map_err(|e| convert::error(&e))
                         }
                     };
@@ -262,6 +304,13 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             .store
             .commit_applied(&batch, &record)
             .map_err(|e| store_failed(&e))?;
+        if let Some(audit) = &replica.audit {
+            for entry in audited {
+                if let Err(e) = audit.record(entry) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
         Ok(responses)
     }
 
@@ -304,6 +353,17 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
             .store
             .replace_all(&rows, &record)
             .map_err(|e| store_failed(&e))?;
+        if let Some(audit) = &replica.audit {
+            let mut entry = AuditEntry::new(sealgate_hsm_core::Opcode::CloneTarget);
+            entry.detail = Some(format!(
+                "received the cluster's state up to log index {} from node {}",
+                meta.last_log_id.map_or(0, |id| id.index),
+                meta.last_log_id.map_or(0, |id| id.leader_id.node_id),
+            ));
+            if let Err(e) = audit.record(entry) {
+                tracing::error!("{e}");
+            }
+        }
         drop(replica);
         if let Ok(mut current) = self.current.lock() {
             *current = Some((meta.clone(), bytes));
