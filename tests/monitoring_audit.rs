@@ -161,16 +161,28 @@ fn a_scripted_session_leaves_exactly_the_expected_audit_records() {
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
-    // A restart continues the stream: the next sequence number, the next reboot counter.
+    // A clean stop closes the run; a restart continues the stream: the next sequence number,
+    // the next reboot counter.
     assert!(cluster.stop(1).success());
     cluster.start(1);
     let again = records(&path);
-    assert_eq!(again.len(), all.len() + 1);
+    assert_eq!(again.len(), all.len() + 2);
     assert_eq!(again[..all.len()], all[..], "earlier records changed");
-    let start = again.last().unwrap();
+    let (stop, start) = (&again[all.len()], &again[all.len() + 1]);
+    assert_eq!(stop["opcode"], "CN_NODE_STOP");
+    assert_eq!(stop["reboot_counter"], 1);
     assert_eq!(start["opcode"], "CN_NODE_START");
-    assert_eq!(start["sequence"], all.len());
+    assert_eq!(start["sequence"], all.len() + 1);
     assert_eq!(start["reboot_counter"], 2);
+    // A clean stop leaves nothing to note.
+    assert!(
+        !start["detail"].as_str().unwrap().contains("did not stop"),
+        "{start}"
+    );
+    // Each record names the hash of the one before.
+    for pair in again.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
 }
 
 #[test]

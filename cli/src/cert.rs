@@ -187,7 +187,7 @@ pub(crate) async fn self_signed(
 pub(crate) async fn run(command: CertCommand, target: &Target) -> anyhow::Result<Report> {
     let client = credentials::connect_user(target).await?;
     let result = run_with(&client, command).await;
-    client.close().await;
+    credentials::finish(client).await;
     result
 }
 

@@ -178,7 +178,7 @@ async fn add_node(args: &AddNodeArgs, target: &Target) -> anyhow::Result<Report>
     };
     let client = credentials::connect_user(target).await?;
     let result = add_node_with(&client, args, dir).await;
-    client.close().await;
+    credentials::finish(client).await;
     result
 }
 
@@ -254,7 +254,7 @@ fn outcome_unknown(e: &anyhow::Error) -> bool {
 async fn remove_node(args: &RemoveNodeArgs, target: &Target) -> anyhow::Result<Report> {
     let client = credentials::connect_user(target).await?;
     let result = change_membership(&client, Request::RemoveNode { id: args.id }).await;
-    client.close().await;
+    credentials::finish(client).await;
     let members = result?;
     let text = format!(
         "node {} removed from the cluster\n  members {}\nnext step: stop node {} and delete its \
@@ -369,15 +369,7 @@ async fn activate(args: &ActivateArgs, target: &Target) -> anyhow::Result<Report
         None => password(PRECO, &process_env, &Tty)?,
     };
     let new = new_password("the crypto officer \"admin\"", &process_env, &Tty)?;
-    let client = match connect_as(
-        config.clone(),
-        Some(Credentials {
-            user: PRECO.to_owned(),
-            password: one_time,
-        }),
-    )
-    .await
-    {
+    let client = match connect_as(config.clone(), Some(Credentials::new(PRECO, one_time))).await {
         Ok(client) => client,
         Err(e) if is_login_failure(&e) && already_activated(config).await => {
             return Err(e.context(

@@ -62,6 +62,8 @@ pub(crate) struct Target {
     pub(crate) cluster: Option<PathBuf>,
     /// `--user NAME`.
     pub(crate) user: Option<String>,
+    /// `--approval FILE`.
+    pub(crate) approval: Option<PathBuf>,
 }
 
 /// `--cluster FILE`, else `SEALGATE_CLUSTER`.
@@ -174,12 +176,39 @@ pub(crate) async fn connect_as(
     Ok(Client::connect(config, credentials).await?)
 }
 
-/// Connects as the user of `--user`/`SEALGATE_USER` with `SEALGATE_PASSWORD` or a prompt.
+/// Connects as the user of `--user`/`SEALGATE_USER` with `SEALGATE_PASSWORD` or a prompt
+/// (inside `sealgate shell`: the shell's logged-in client). A user with MFA signs each node's
+/// challenge through a token file (see [`crate::mfa`]).
 pub(crate) async fn connect_user(target: &Target) -> anyhow::Result<Client> {
+    if let Ok(client) = SHELL_CLIENT.try_with(Client::clone) {
+        return Ok(client);
+    }
     let config = load_config(target)?;
+    let nodes = config.nodes.len();
     let user = login_user(target.user.as_deref(), &process_env)?;
     let password = password(&user, &process_env, &Tty)?;
-    connect_as(config, Some(Credentials { user, password })).await
+    let signer = crate::mfa::FileSigner::new(crate::mfa::token_file(&process_env), nodes);
+    connect_as(
+        config,
+        Some(Credentials::new(user, password).with_mfa(std::sync::Arc::new(signer))),
+    )
+    .await
+}
+
+tokio::task_local! {
+    /// The logged-in client of `sealgate shell`, which its commands share (one session per
+    /// node for the whole shell: quorum tokens live in it).
+    pub(crate) static SHELL_CLIENT: Client;
+    /// The approval file of `--approval`, for the one controlled request of the command.
+    pub(crate) static APPROVAL: std::sync::Arc<std::sync::Mutex<Option<crate::quorum::TokenFile>>>;
+}
+
+/// Ends a command's use of `client`: closes it (logging out), except inside a shell, whose
+/// client lives on.
+pub(crate) async fn finish(client: Client) {
+    if SHELL_CLIENT.try_with(|_| ()).is_err() {
+        client.close().await;
+    }
 }
 
 /// Which node a request goes to.
@@ -191,8 +220,29 @@ pub(crate) enum On {
     Node(u32),
 }
 
-/// Sends one request.
+/// Sends one request. A request the `--approval` file's token controls goes with its
+/// approvals to the node that issued the token (once per command).
 pub(crate) async fn call(client: &Client, on: On, request: Request) -> anyhow::Result<Reply> {
+    let approval = APPROVAL
+        .try_with(|slot| {
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(file) if file.controls(&request) => slot.take(),
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten();
+    if let Some(file) = approval {
+        let node = file.hsm_id;
+        let request = Request::Approved {
+            approval: file.approval()?,
+            request: Box::new(request),
+        };
+        return Ok(client.call_on(node, request).await?);
+    }
     let reply = match on {
         On::Any => client.call(request).await?,
         On::Node(id) => client.call_on(id, request).await?,

@@ -214,7 +214,7 @@ pub(crate) async fn run(command: CryptoCommand, target: &Target) -> anyhow::Resu
     };
     let client = credentials::connect_user(target).await?;
     let result = run_with(&client, command, data, signature).await;
-    client.close().await;
+    credentials::finish(client).await;
     result
 }
 

@@ -101,6 +101,34 @@ pub(crate) struct NewKeyArgs {
     /// extractable=true, token=false, decrypt=true.
     #[arg(long = "attr", value_name = "NAME=VALUE", value_parser = parse_attr)]
     pub(crate) attrs: Vec<AttributeValue>,
+    /// Approvals needed to sign with the key (quorum `key-usage`, 2 to 8; fixed at creation,
+    /// at most the number of its users: the owner and --share-with).
+    #[arg(long, value_name = "M")]
+    pub(crate) quorum_usage: Option<u8>,
+    /// Approvals needed to wrap, unwrap with, share, unshare or change the key (quorum
+    /// `key-management`; as --quorum-usage).
+    #[arg(long, value_name = "M")]
+    pub(crate) quorum_management: Option<u8>,
+    /// Crypto users to share the key with from its creation (repeatable).
+    #[arg(long = "share-with", value_name = "USER")]
+    pub(crate) share_with: Vec<String>,
+}
+
+impl NewKeyArgs {
+    /// The private or secret key's extra attributes: `--attr`s and the creation options.
+    fn private_extra(&self) -> Vec<AttributeValue> {
+        let mut out = self.attrs.clone();
+        if let Some(m) = self.quorum_usage {
+            out.push(AttributeValue::new("quorum-usage", m.to_string()));
+        }
+        if let Some(m) = self.quorum_management {
+            out.push(AttributeValue::new("quorum-management", m.to_string()));
+        }
+        for user in &self.share_with {
+            out.push(AttributeValue::new("share", user.clone()));
+        }
+        out
+    }
 }
 
 /// Attributes of the public half of a new pair.
@@ -382,7 +410,7 @@ fn generate_request(command: &GenerateCommand) -> Request {
     let pair = |spec: KeySpec, key: &NewKeyArgs, public: &PublicArgs| Request::GenerateKeyPair {
         spec,
         public: template(&[("verify", "true")], key, &public.public_attrs),
-        private: template(&[("sign", "true")], key, &key.attrs),
+        private: template(&[("sign", "true")], key, &key.private_extra()),
     };
     match command {
         GenerateCommand::Rsa { bits, key, public } => {
@@ -392,11 +420,19 @@ fn generate_request(command: &GenerateCommand) -> Request {
         GenerateCommand::Ed25519 { key, public } => pair(KeySpec::Ed25519, key, public),
         GenerateCommand::Aes { bits, key } => Request::GenerateKey {
             spec: KeySpec::Aes { bits: *bits },
-            attributes: template(&[("encrypt", "true"), ("decrypt", "true")], key, &key.attrs),
+            attributes: template(
+                &[("encrypt", "true"), ("decrypt", "true")],
+                key,
+                &key.private_extra(),
+            ),
         },
         GenerateCommand::GenericSecret { bytes, key } => Request::GenerateKey {
             spec: KeySpec::GenericSecret { bytes: *bytes },
-            attributes: template(&[("sign", "true"), ("verify", "true")], key, &key.attrs),
+            attributes: template(
+                &[("sign", "true"), ("verify", "true")],
+                key,
+                &key.private_extra(),
+            ),
         },
     }
 }
@@ -520,7 +556,7 @@ async fn set_sharing(client: &Client, args: ShareArgs, how: Sharing) -> anyhow::
 pub(crate) async fn run(command: KeyCommand, target: &Target) -> anyhow::Result<Report> {
     let client = credentials::connect_user(target).await?;
     let result = run_with(&client, command).await;
-    client.close().await;
+    credentials::finish(client).await;
     result
 }
 
@@ -602,7 +638,7 @@ async fn run_with(client: &Client, command: KeyCommand) -> anyhow::Result<Report
                 mechanism: args.mechanism,
                 wrapped,
                 key_type: args.key_type,
-                attributes: template(&[], &args.key, &args.key.attrs),
+                attributes: template(&[], &args.key, &args.key.private_extra()),
             };
             let handles = credentials::keys_created(client, On::Any, request).await?;
             created_report(&handles, false)
@@ -821,7 +857,7 @@ async fn import_with(
         },
         wrapped,
         key_type: proto_key_type(key_type),
-        attributes: template(&[("sign", "true")], key, &key.attrs),
+        attributes: template(&[("sign", "true")], key, &key.private_extra()),
     };
     match credentials::keys_created(client, on, request)
         .await?
@@ -877,6 +913,7 @@ mod tests {
                 label: Some("web".into()),
                 id: None,
                 attrs: vec![AttributeValue::new("extractable", "true")],
+                ..NewKeyArgs::default()
             },
             public: PublicArgs::default(),
         };

@@ -10,6 +10,7 @@
 //! otherwise). Passwords are never taken from the command line.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod cert;
 mod cluster;
 mod config;
@@ -17,9 +18,12 @@ mod credentials;
 mod crypto;
 mod embedded;
 mod key;
+mod mfa;
 mod node;
 mod output;
+mod quorum;
 mod serve;
+mod shell;
 mod user;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -39,7 +43,8 @@ use std::process::ExitCode;
 /// "message"}} (`node` only for startup errors: see `sealgate node --help`). Error kind
 /// "interrupted": a write was cut off and may or may not have been applied; check before
 /// repeating it. Errors and warnings go to stderr as one line each. Exit code 0 on success,
-/// 1 on failure, 2 on a usage error.
+/// 1 on failure, 2 on a usage error (`audit`: 1 when a file fails a check, 2 when it cannot be
+/// checked).
 #[derive(Debug, Parser)]
 #[command(name = "sealgate", version, about, long_about)]
 struct Cli {
@@ -62,6 +67,10 @@ struct Global {
     /// The user to log in as (default: $SEALGATE_USER).
     #[arg(long, global = true, value_name = "NAME")]
     user: Option<String>,
+    /// A quorum approval file (`sealgate quorum token generate`, signed by approvers) for the
+    /// command's quorum-controlled request; see `sealgate quorum --help`.
+    #[arg(long, global = true, value_name = "FILE")]
+    approval: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +108,20 @@ enum Command {
     /// Sign, verify, encrypt, decrypt, hash, HMAC and random bytes.
     #[command(subcommand)]
     Crypto(crypto::CryptoCommand),
+    /// Check a node's audit file, show its last records, fetch a node's audit key.
+    ///
+    /// Exit codes: 0 checked out, 1 the file failed a check, 2 it could not be checked.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Quorum (M of N) approvals: tokens, approval files, the admin services' values.
+    ///
+    /// A token lives in the session that asked for it: ask for it, collect the approvals and
+    /// run the controlled command (with --approval FILE) in one `sealgate shell`.
+    #[command(subcommand)]
+    Quorum(quorum::QuorumCommand),
+    /// Log in once and run management commands from standard input, one per line, in one
+    /// session (as CloudHSM CLI's interactive mode); `exit` or the end of input logs out.
+    Shell,
 }
 
 /// Whether the raw arguments ask for JSON (for errors clap reports before parsing finishes).
@@ -184,25 +207,55 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Runs a management command; with `--approval FILE`, the command's quorum-controlled
+/// request carries the file's approvals (and a command that sends none is refused).
 async fn manage(command: Command, target: credentials::Target) -> anyhow::Result<Report> {
+    let Some(path) = target.approval.clone() else {
+        return dispatch(command, target).await;
+    };
+    let file = quorum::TokenFile::load(&path)?;
+    let service = file.service.clone();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
+    let result = credentials::APPROVAL
+        .scope(std::sync::Arc::clone(&slot), dispatch(command, target))
+        .await;
+    let unused = slot.lock().map(|s| s.is_some()).unwrap_or(false);
+    if result.is_ok() && unused {
+        return Err(output::usage(format!(
+            "the approval in {} was not used: this command sends no request that the {service} \
+             service controls",
+            path.display()
+        )));
+    }
+    result
+}
+
+async fn dispatch(command: Command, target: credentials::Target) -> anyhow::Result<Report> {
     match command {
+        Command::Quorum(c) => quorum::run(c, &target).await,
         Command::Cluster(c) => cluster::run(c, &target).await,
         Command::User(c) => user::run(c, &target).await,
         Command::Key(c) => key::run(c, &target).await,
         Command::Crypto(c) => crypto::run(c, &target).await,
         Command::Cert(c) => cert::run(c, &target).await,
         // Dispatched in `run`, with their own runtimes.
-        Command::Node(_) | Command::Serve(_) | Command::Config(_) => Err(output::error(
+        Command::Node(_)
+        | Command::Serve(_)
+        | Command::Config(_)
+        | Command::Audit(_)
+        | Command::Shell => Err(output::error(
             "failed",
-            "node and serve do not run inside a management runtime",
+            "node, serve, config, audit and shell do not run inside a management runtime",
         )),
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<Report> {
+    let format = cli.global.output;
     let target = credentials::Target {
         cluster: cli.global.cluster,
         user: cli.global.user,
+        approval: cli.global.approval,
     };
     match cli.command {
         // The node and serve build their own runtimes; init needs none.
@@ -210,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Serve(args) => serve::run(&args),
         Command::Config(c) => config::run(&c),
         Command::Cluster(cluster::ClusterCommand::Init(args)) => cluster::init(args),
+        Command::Shell => shell::run(&target, format),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -256,6 +310,21 @@ fn main() -> ExitCode {
     // (default `info,openraft=error`); the management commands log warnings to stderr.
     if !matches!(cli.command, Command::Serve(_) | Command::Node(_)) {
         init_logging("warn");
+    }
+    if let Command::Audit(command) = cli.command {
+        if cli.global.approval.is_some() {
+            return output::finish(
+                format,
+                Err(output::usage("audit commands take no --approval")),
+            );
+        }
+        // Its own exit codes: 1 when a file fails a check, 2 when it cannot be checked.
+        let target = credentials::Target {
+            cluster: cli.global.cluster,
+            user: cli.global.user,
+            approval: cli.global.approval,
+        };
+        return audit::main(command, format, &target);
     }
     output::finish(format, run(cli))
 }

@@ -8,6 +8,7 @@ use sealgate_hsm_client::Client;
 use sealgate_hsm_proto::{Reply, Request, Role, UserInfo};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 /// `sealgate user …`.
 #[derive(Debug, Subcommand)]
@@ -36,6 +37,56 @@ pub(crate) enum UserCommand {
     /// Password: SEALGATE_NEW_PASSWORD, else a prompt asked twice.
     /// JSON data: {"name", "unlocked": true}.
     Unlock(NameArgs),
+    /// Register your RSA public key (2048 bits or more, PEM) for quorum approvals: the key
+    /// your approvals (openssl signatures) are checked with.
+    ///
+    /// JSON data: {"name", "registered": true}.
+    RegisterQuorumKey(PublicKeyArgs),
+    /// Turn MFA (token-sign) on with an RSA public key, which is also registered for quorum,
+    /// or off (--disable): your own, or (as a crypto officer) another user's.
+    ///
+    /// With MFA, a login needs, after the password, the signature of each node's challenge:
+    /// the command writes them to SEALGATE_MFA_FILE (default sealgate-mfa-token.json) and
+    /// waits until each has its "signed" (base64 of `openssl dgst -sha256 -sign KEY.pem`).
+    /// JSON data: {"name", "mfa": true|false}.
+    ChangeMfa(ChangeMfaArgs),
+}
+
+/// A public key file.
+#[derive(Debug, Args)]
+pub(crate) struct PublicKeyArgs {
+    /// The RSA public key (PEM, `openssl rsa -pubout`).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) public_key: PathBuf,
+}
+
+/// `user change-mfa`.
+#[derive(Debug, Args)]
+pub(crate) struct ChangeMfaArgs {
+    /// The user (default: the user logged in).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Turn MFA on with this RSA public key (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        conflicts_with = "disable",
+        required_unless_present = "disable"
+    )]
+    pub(crate) public_key: Option<PathBuf>,
+    /// Turn MFA off (the registered quorum key goes too).
+    #[arg(long)]
+    pub(crate) disable: bool,
+}
+
+/// The DER of the RSA public key in the PEM file `path`.
+fn public_key_der(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::output::input(format!("cannot read {}: {e}", path.display())))?;
+    let key = sealgate_hsm_crypto::PublicKey::from_pem(&text).map_err(|e| {
+        crate::output::input(format!("{} is not a PEM public key: {e}", path.display()))
+    })?;
+    Ok(key.to_der().to_vec())
 }
 
 /// `user create`.
@@ -76,7 +127,10 @@ fn parse_role(s: &str) -> Result<Role, String> {
 pub(crate) async fn run(command: UserCommand, target: &Target) -> anyhow::Result<Report> {
     // Ask for the new password before connecting, so a prompt does not hold a connection.
     let new = match &command {
-        UserCommand::List | UserCommand::Delete(_) => None,
+        UserCommand::List
+        | UserCommand::Delete(_)
+        | UserCommand::RegisterQuorumKey(_)
+        | UserCommand::ChangeMfa(_) => None,
         UserCommand::Create(a) => Some(new_password(&a.name, &process_env, &Tty)?),
         UserCommand::ChangePassword(a) => {
             let who = match &a.name {
@@ -89,7 +143,7 @@ pub(crate) async fn run(command: UserCommand, target: &Target) -> anyhow::Result
     };
     let client = credentials::connect_user(target).await?;
     let result = run_with(&client, command, new, target).await;
-    client.close().await;
+    credentials::finish(client).await;
     result
 }
 
@@ -160,6 +214,37 @@ async fn run_with(
             Ok(Report::new(
                 json!({"name": a.name, "unlocked": true}),
                 format!("unlocked {} with a new password", a.name),
+            ))
+        }
+        UserCommand::RegisterQuorumKey(a) => {
+            let request = Request::RegisterQuorumKey {
+                public_key: public_key_der(&a.public_key)?,
+            };
+            credentials::done(client, On::Any, request).await?;
+            let who = credentials::login_user(target.user.as_deref(), &process_env)?;
+            Ok(Report::new(
+                json!({"name": who, "registered": true}),
+                format!("registered the quorum key of {who}"),
+            ))
+        }
+        UserCommand::ChangeMfa(a) => {
+            let who = match &a.name {
+                Some(n) => n.clone(),
+                None => credentials::login_user(target.user.as_deref(), &process_env)?,
+            };
+            let public_key = match &a.public_key {
+                Some(path) => Some(public_key_der(path)?),
+                None => None,
+            };
+            let on = public_key.is_some();
+            let request = Request::ChangeMfa {
+                name: who.clone(),
+                public_key,
+            };
+            credentials::done(client, On::Any, request).await?;
+            Ok(Report::new(
+                json!({"name": who, "mfa": on}),
+                format!("MFA {} for {who}", if on { "on" } else { "off" }),
             ))
         }
     }

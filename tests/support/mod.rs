@@ -519,6 +519,21 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The lines `stream` yields, read on their own thread (a reader that blocks cannot hold a
+/// test up: receive them with a timeout).
+pub fn line_reader(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// Lines of a node's log that contain `needle`.
 pub fn log_lines(log: &Path, needle: &str) -> Vec<String> {
     std::fs::read_to_string(log)

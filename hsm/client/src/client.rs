@@ -53,6 +53,8 @@ pub struct Credentials {
     pub user: String,
     /// The user's password.
     pub password: Secret,
+    /// Signs MFA challenges, for a user with MFA (token-sign) on.
+    pub mfa: Option<Arc<dyn MfaSigner>>,
 }
 
 impl Credentials {
@@ -61,8 +63,28 @@ impl Credentials {
         Self {
             user: user.into(),
             password,
+            mfa: None,
         }
     }
+
+    /// With `signer` for the MFA challenges each node sends after the password.
+    #[must_use]
+    pub fn with_mfa(mut self, signer: Arc<dyn MfaSigner>) -> Self {
+        self.mfa = Some(signer);
+        self
+    }
+}
+
+/// The second factor of a login with MFA (token-sign): signs a node's challenge with the
+/// user's registered RSA key, which is held outside the HSM (RSA PKCS#1 v1.5 with SHA-256, as
+/// `openssl dgst -sha256 -sign KEY.pem` makes). Called once per node the client logs in to.
+pub trait MfaSigner: Send + Sync {
+    /// The signature of `challenge` from node `node`, or why there is none.
+    fn sign(
+        &self,
+        node: u32,
+        challenge: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>>;
 }
 
 impl fmt::Debug for Credentials {
@@ -70,6 +92,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &self.password)
+            .field("mfa", &self.mfa.is_some())
             .finish()
     }
 }

@@ -44,7 +44,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, Credentials, NodeStatus};
+pub use client::{Client, Credentials, MfaSigner, NodeStatus};
 pub use config::{ClientConfig, ClientFile, ClientSection, ConfigError, NodeEndpoint, NodeSection};
 pub use error::{ClientError, ConnectError};
 pub use sealgate_hsm_proto::{ErrorKind, Reply, Request, Secret};

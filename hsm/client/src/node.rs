@@ -533,9 +533,30 @@ pub(crate) async fn login(
         user: credentials.user.clone(),
         password: credentials.password.clone(),
     };
-    pinned(node, &request, shared, || Some(Arc::clone(conn)))
+    let reply = pinned(node, &request, shared, || Some(Arc::clone(conn))).await?;
+    let Reply::MfaChallenge { challenge } = reply else {
+        return Ok(());
+    };
+    // The password was right; the node waits for the second factor.
+    let refused = |message: String| ClientError::Node {
+        node: node.id(),
+        error: sealgate_hsm_proto::Error::new(ErrorKind::LoginFailed, message),
+    };
+    let Some(signer) = &credentials.mfa else {
+        return Err(refused(format!(
+            "user {} has MFA: the login needs the signature of a challenge (no MFA signer given)",
+            credentials.user
+        )));
+    };
+    let signature = signer
+        .sign(node.id(), challenge)
         .await
-        .map(|_| ())
+        .map_err(|e| refused(format!("no MFA signature: {e}")))?;
+    pinned(node, &Request::LoginMfa { signature }, shared, || {
+        Some(Arc::clone(conn))
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Connects to `node`, says hello and logs in (if the client has credentials).

@@ -17,6 +17,8 @@ use crate::types::{KeyHandle, Role, SessionId};
 pub enum Opcode {
     /// The node started (the reboot counter grew by one).
     NodeStart,
+    /// The node stopped cleanly (closes a run).
+    NodeStop,
     /// The cluster was initialized (its first command).
     InitToken,
     /// A login, successful or not.
@@ -62,6 +64,18 @@ pub enum Opcode {
     AddNode,
     /// A node was removed from the cluster.
     RemoveNode,
+    /// A user registered its quorum key.
+    RegisterQuorumKey,
+    /// A user's MFA was turned on or off.
+    ChangeMfa,
+    /// An admin service's quorum value was set.
+    SetMValue,
+    /// A quorum token was issued.
+    GetToken,
+    /// A quorum token was deleted.
+    DeleteToken,
+    /// An operation was run with a quorum token's approvals.
+    ApproveToken,
 }
 
 impl Opcode {
@@ -69,6 +83,7 @@ impl Opcode {
     pub fn name(self) -> &'static str {
         match self {
             Self::NodeStart => "CN_NODE_START",
+            Self::NodeStop => "CN_NODE_STOP",
             Self::InitToken => "CN_INIT_TOKEN",
             Self::Login => "CN_LOGIN",
             Self::Logout => "CN_LOGOUT",
@@ -91,6 +106,12 @@ impl Opcode {
             Self::CloneTarget => "CN_CLONE_TARGET_INIT",
             Self::AddNode => "CN_ADD_NODE",
             Self::RemoveNode => "CN_REMOVE_NODE",
+            Self::RegisterQuorumKey => "CN_REGISTER_QUORUM_PUBKEY",
+            Self::ChangeMfa => "CN_CHANGE_MFA",
+            Self::SetMValue => "CN_SET_M_VALUE",
+            Self::GetToken => "CN_GET_TOKEN",
+            Self::DeleteToken => "CN_DELETE_TOKEN",
+            Self::ApproveToken => "CN_APPROVE_TOKEN",
         }
     }
 
@@ -103,7 +124,9 @@ impl Opcode {
             | Self::CreateUser
             | Self::CreateCo
             | Self::DeleteUser
-            | Self::ChangePassword => LogType::UserDetails,
+            | Self::ChangePassword
+            | Self::RegisterQuorumKey
+            | Self::ChangeMfa => LogType::UserDetails,
             Self::GenerateKey
             | Self::GenerateKeyPair
             | Self::CreateObject
@@ -116,10 +139,15 @@ impl Opcode {
             | Self::WrapKey
             | Self::InsertMaskedObject => LogType::KeyDetails,
             Self::NodeStart
+            | Self::NodeStop
             | Self::InitToken
             | Self::CloneTarget
             | Self::AddNode
-            | Self::RemoveNode => LogType::Minimal,
+            | Self::RemoveNode
+            | Self::SetMValue
+            | Self::GetToken
+            | Self::DeleteToken
+            | Self::ApproveToken => LogType::Minimal,
         }
     }
 }
@@ -240,9 +268,18 @@ impl Engine {
             CommandOp::LoginAttempt { user, .. } => {
                 (Opcode::Login, Some(self.audit_user_id(*user)), None)
             }
-            CommandOp::CreateKeys { .. } | CommandOp::InsertMasked { .. } => {
-                (Opcode::InsertMaskedObject, None, None)
+            CommandOp::CreateKeys { .. }
+            | CommandOp::CreateKeysShared { .. }
+            | CommandOp::InsertMasked { .. } => (Opcode::InsertMaskedObject, None, None),
+            CommandOp::SetUserAuth { user, mfa, .. } => {
+                let opcode = if *mfa || cmd.actor != Some(*user) {
+                    Opcode::ChangeMfa
+                } else {
+                    Opcode::RegisterQuorumKey
+                };
+                (opcode, Some(self.audit_user_id(*user)), None)
             }
+            CommandOp::SetQuorumValue { .. } => (Opcode::SetMValue, None, None),
             CommandOp::SetAttributes { handle, .. } => (Opcode::ModifyObject, None, Some(*handle)),
             CommandOp::Share { handle, user } => (
                 Opcode::ShareObject,
@@ -262,6 +299,14 @@ impl Engine {
             user,
             key_handle,
         })
+    }
+
+    /// The public half of node `node`'s audit key (see `MasterKey::audit_key`).
+    pub fn audit_public_key(
+        &self,
+        node: u32,
+    ) -> Result<crate::crypto::PublicKey, crate::EngineError> {
+        Ok(self.master().audit_key(node)?.public_key().clone())
     }
 
     fn audit_user_id(&self, id: crate::types::UserId) -> AuditUser {

@@ -121,6 +121,32 @@ pub enum CommandOp {
         /// The object as it was stored.
         record: KeyRecord,
     },
+    /// Sets a user's registered quorum key and MFA switch (no key and no MFA: forgets both).
+    SetUserAuth {
+        /// The user.
+        user: UserId,
+        /// DER SubjectPublicKeyInfo of its RSA key.
+        key: Option<Vec<u8>>,
+        /// Whether its logins need the key's signature.
+        mfa: bool,
+    },
+    /// Sets an admin service's quorum value.
+    SetQuorumValue {
+        /// `user` or `quorum`.
+        service: crate::QuorumService,
+        /// M (1: off).
+        value: u8,
+    },
+    /// [`CommandOp::CreateKeys`], shared at once with crypto users and with quorum values,
+    /// fixed from creation on.
+    CreateKeysShared {
+        /// The objects.
+        objects: Vec<NewKeyObject>,
+        /// The users to share them with.
+        shared: Vec<UserId>,
+        /// Their quorum values.
+        quorum: crate::KeyQuorum,
+    },
 }
 
 /// A user as created.

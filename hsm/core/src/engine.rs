@@ -17,6 +17,7 @@ use crate::command::{
 };
 use crate::error::EngineError;
 use crate::permissions::{Operation, Principal, is_permitted};
+use crate::quorum::{MFA_LIFETIME_MS, MfaPending, QuorumRow, QuorumService, QuorumState, Tokens};
 use crate::store::{Fingerprint, Snapshot, StoreBatch, StoreError, StoreOp, Table};
 use crate::types::{KeyHandle, ObjectUid, Role, SessionId, Timestamp, UserId};
 use sealgate_hsm_crypto::{
@@ -38,7 +39,7 @@ pub const MAX_USER_NAME_LEN: usize = 31;
 const PASSWORD_AAD: &[u8] = b"user password";
 const MASKED_AAD: &[u8] = b"masked object";
 
-struct User {
+pub(crate) struct User {
     id: UserId,
     uid: ObjectUid,
     name: String,
@@ -105,19 +106,28 @@ impl KeyObject {
 struct Session {
     user: Option<UserId>,
     keys: BTreeMap<KeyHandle, KeyObject>,
+    /// A login whose password was right, waiting for the MFA signature.
+    mfa: Option<MfaPending>,
 }
 
 /// Who is calling, resolved from a session.
 #[derive(Clone, Copy)]
-struct Caller {
+pub(crate) struct Caller {
     session: SessionId,
     user: Option<UserId>,
     principal: Principal,
 }
 
 impl Caller {
-    fn user(&self) -> Result<UserId, EngineError> {
+    pub(crate) fn user(&self) -> Result<UserId, EngineError> {
         self.user.ok_or(EngineError::NotLoggedIn)
+    }
+
+    pub(crate) fn role(&self) -> Option<Role> {
+        match self.principal {
+            Principal::User(role) => Some(role),
+            Principal::Unauthenticated => None,
+        }
     }
 }
 
@@ -137,6 +147,10 @@ pub struct Engine {
     tombstones: BTreeSet<ObjectUid>,
     /// Integrity tag of every stored row but the meta row, to keep `meta.rows_digest`.
     row_tags: BTreeMap<(Table, u64), [u8; 32]>,
+    /// Quorum values and registrations (replicated).
+    pub(crate) quorum: QuorumState,
+    /// Quorum tokens and approvals in progress (this node's).
+    pub(crate) tokens: Tokens,
     /// Failed logins prepared on this node but not applied yet, by user, with when they were
     /// prepared: they count towards the lockout at once, so parallel guesses cannot outrun it.
     pending_failures: BTreeMap<UserId, Vec<Timestamp>>,
@@ -313,6 +327,7 @@ struct LoadedState {
     keys: BTreeMap<KeyHandle, KeyObject>,
     tombstones: BTreeSet<ObjectUid>,
     row_tags: BTreeMap<(Table, u64), [u8; 32]>,
+    quorum: QuorumState,
 }
 
 impl LoadedState {
@@ -416,6 +431,14 @@ impl LoadedState {
                         .map_err(|_| corrupt(table, key, "does not decode"))?;
                     self.tombstones.insert(uid);
                 }
+                Table::Quorum => {
+                    let row: QuorumRow = postcard::from_bytes(&payload)
+                        .map_err(|_| corrupt(table, key, "does not decode"))?;
+                    if row.key() != key {
+                        return Err(corrupt(table, key, "stored under another row's key"));
+                    }
+                    self.quorum.load(row);
+                }
             }
         }
         if digest != meta.rows_digest {
@@ -446,6 +469,7 @@ impl Engine {
             keys,
             tombstones,
             row_tags,
+            quorum,
         } = Self::new_state(&master, config.cluster);
         let key_uids = uid_index(&keys);
         Self {
@@ -460,6 +484,8 @@ impl Engine {
             next_session_handle: 1,
             tombstones,
             row_tags,
+            quorum,
+            tokens: Tokens::default(),
             pending_failures: BTreeMap::new(),
         }
     }
@@ -491,7 +517,9 @@ impl Engine {
             keys,
             tombstones,
             row_tags,
+            quorum,
         } = loaded;
+        self.quorum = quorum;
         self.meta = meta;
         self.users = users;
         self.key_uids = uid_index(&keys);
@@ -525,6 +553,7 @@ impl Engine {
             keys: BTreeMap::new(),
             tombstones: BTreeSet::new(),
             row_tags: BTreeMap::new(),
+            quorum: QuorumState::default(),
         }
     }
 
@@ -577,6 +606,7 @@ impl Engine {
             Session {
                 user: None,
                 keys: BTreeMap::new(),
+                mfa: None,
             },
         );
         Ok(id)
@@ -601,6 +631,7 @@ impl Engine {
     /// Closes a session, destroying its session keys.
     pub fn close_session(&mut self, session: SessionId) {
         self.sessions.remove(&session);
+        self.tokens.close_session(session);
     }
 
     /// The user and role a session is logged in as.
@@ -612,7 +643,7 @@ impl Engine {
             .map(|u| (u.id, u.role)))
     }
 
-    fn caller(&self, session: SessionId) -> Result<Caller, EngineError> {
+    pub(crate) fn caller(&self, session: SessionId) -> Result<Caller, EngineError> {
         let s = self
             .sessions
             .get(&session)
@@ -628,7 +659,11 @@ impl Engine {
         })
     }
 
-    fn authorize(&self, session: SessionId, operation: Operation) -> Result<Caller, EngineError> {
+    pub(crate) fn authorize(
+        &self,
+        session: SessionId,
+        operation: Operation,
+    ) -> Result<Caller, EngineError> {
         let caller = self.caller(session)?;
         if is_permitted(caller.principal, operation) {
             Ok(caller)
@@ -642,7 +677,7 @@ impl Engine {
         }
     }
 
-    fn user_by_name(&self, name: &str) -> Result<&User, EngineError> {
+    pub(crate) fn user_by_name(&self, name: &str) -> Result<&User, EngineError> {
         let lower = name.to_ascii_lowercase();
         self.users
             .values()
@@ -668,6 +703,43 @@ impl Engine {
             .get(&id)
             .map(|u| u.name.clone())
             .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The crypto officers.
+    pub(crate) fn officers(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.users
+            .values()
+            .filter(|u| u.role == Role::CryptoOfficer)
+            .map(|u| u.id)
+    }
+
+    /// The id of the user called `name`.
+    pub(crate) fn user_id(&self, name: &str) -> Result<UserId, EngineError> {
+        self.user_by_name(name).map(|u| u.id)
+    }
+
+    /// The users associated with token key `handle` (owner and shares).
+    pub(crate) fn key_associated(&self, handle: KeyHandle) -> Vec<UserId> {
+        self.keys
+            .get(&handle)
+            .map(|k| {
+                let mut users = vec![k.record.owner];
+                users.extend(k.record.shared.iter().copied());
+                users
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks that `user` may use token key `handle`.
+    pub(crate) fn key_users(&self, handle: KeyHandle, user: UserId) -> Result<(), EngineError> {
+        match self.keys.get(&handle) {
+            Some(k) if k.visible_to(user) => Ok(()),
+            _ => Err(EngineError::KeyNotFound { handle }),
+        }
     }
 
     pub(crate) fn user_role(&self, id: UserId) -> Option<Role> {
@@ -831,9 +903,7 @@ impl Engine {
         let pending = self.pending_failures.entry(id).or_default();
         pending.retain(|t| t.0.saturating_add(PENDING_FAILURE_MS) > now.0);
         if password_ok && failures == 0 && pending.is_empty() {
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.user = Some(id);
-            }
+            self.log_in(session, id, now);
             return Ok(Step::Done(()));
         }
         if !password_ok {
@@ -850,6 +920,98 @@ impl Engine {
         }))
     }
 
+    /// Logs `session` in as `user` once its password was right: at once, or, for a user with
+    /// MFA, after the signature of a challenge ([`Engine::finish_mfa`]).
+    fn log_in(&mut self, session: SessionId, user: UserId, now: Timestamp) {
+        let challenge = self.mfa_key(user).is_some().then(|| {
+            // Unpredictable without the master key, and no randomness: this also runs when a
+            // replicated login attempt is applied.
+            let mut seed = session.0.to_be_bytes().to_vec();
+            seed.extend_from_slice(&user.0.to_be_bytes());
+            seed.extend_from_slice(&now.0.to_be_bytes());
+            seed.extend_from_slice(&self.meta.applied.to_be_bytes());
+            let nonce = hex::encode(self.master.record_tag(b"sealgate mfa challenge", &seed));
+            let cluster = self
+                .meta
+                .cluster_uid
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            format!(
+                "sealgate mfa challenge v1\ncluster={cluster}\nuser={}\nnonce={nonce}\n",
+                self.user_name(user)
+            )
+            .into_bytes()
+        });
+        if let Some(s) = self.sessions.get_mut(&session) {
+            match challenge {
+                None => s.user = Some(user),
+                Some(challenge) => {
+                    s.mfa = Some(MfaPending {
+                        user,
+                        challenge,
+                        expires: Timestamp(now.0.saturating_add(MFA_LIFETIME_MS)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The challenge a login with MFA waits to have signed, if `session` has one.
+    pub fn mfa_challenge(&self, session: SessionId) -> Option<Vec<u8>> {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.mfa.as_ref())
+            .map(|m| m.challenge.clone())
+    }
+
+    /// Second half of a login with MFA: `signature` is the RSA PKCS#1 v1.5 SHA-256 signature
+    /// of the session's challenge with the user's registered key. A good one logs the session
+    /// in; a bad or late one ends the attempt and counts as a failed login (the returned
+    /// command), like a wrong password.
+    pub fn finish_mfa(
+        &mut self,
+        session: SessionId,
+        signature: &[u8],
+        now: Timestamp,
+    ) -> Result<Step<()>, EngineError> {
+        let pending = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(EngineError::UnknownSession(session))?
+            .mfa
+            .take()
+            .ok_or(EngineError::InvalidInput {
+                what: "MFA signature",
+                reason: "no login on this session is waiting for one",
+            })?;
+        let user = pending.user;
+        let key = self.mfa_key(user).map(<[u8]>::to_vec);
+        let good = pending.expires.0 > now.0
+            && key.is_some_and(|k| crate::quorum::signed_by(&k, &pending.challenge, signature));
+        if good {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.user = Some(user);
+            }
+            return Ok(Step::Done(()));
+        }
+        let credential = self
+            .users
+            .get(&user)
+            .and_then(|u| u.password.as_ref())
+            .map(|(sealed, _)| credential_of(sealed))
+            .ok_or(EngineError::LoginFailed)?;
+        self.pending_failures.entry(user).or_default().push(now);
+        Ok(Step::Replicate(Command {
+            at: now,
+            actor: Some(user),
+            op: CommandOp::LoginAttempt {
+                user,
+                success: false,
+                credential,
+            },
+        }))
+    }
+
     /// Logs a session out and destroys its session keys.
     pub fn logout(&mut self, session: SessionId) -> Result<(), EngineError> {
         self.authorize(session, Operation::Logout)?;
@@ -857,6 +1019,8 @@ impl Engine {
             s.user = None;
             s.keys.clear();
         }
+        // A session's tokens end with its login.
+        self.tokens.close_session(session);
         Ok(())
     }
 
@@ -913,6 +1077,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Command, EngineError> {
         let caller = self.authorize(session, Operation::CreateUser)?;
+        self.require_admin_quorum(session, caller.role(), QuorumService::User)?;
         if !matches!(role, Role::CryptoOfficer | Role::CryptoUser) {
             return Err(EngineError::InvalidRole);
         }
@@ -952,6 +1117,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Command, EngineError> {
         let caller = self.authorize(session, Operation::DeleteUser)?;
+        self.require_admin_quorum(session, caller.role(), QuorumService::User)?;
         let target = self.user_by_name(name)?;
         self.check_delete_user(caller.user()?, target.id)?;
         Ok(Command {
@@ -1024,7 +1190,8 @@ impl Engine {
         } else {
             Operation::ChangeAnyPassword
         };
-        self.authorize(session, op)?;
+        let checked = self.authorize(session, op)?;
+        self.require_admin_quorum(session, checked.role(), QuorumService::User)?;
         let target = self.user_by_name(name)?;
         if target.role == Role::ApplianceUser {
             return Err(EngineError::BuiltInUser {
@@ -1275,6 +1442,7 @@ impl Engine {
             KeyClass::SecretKey
         };
         let key = self.usable_key(caller, unwrapping)?;
+        self.require_key_quorum(session, QuorumService::KeyManagement, unwrapping)?;
         key.require(Attribute::Unwrap, key.attrs().unwrap)?;
         let by_trusted_key = key.attrs().trusted;
         let unwrapping_key = match &key.material {
@@ -1488,6 +1656,9 @@ impl Engine {
         } else {
             self.owned_key(caller, handle)?
         };
+        if !trusted {
+            self.require_key_quorum(session, QuorumService::KeyManagement, handle)?;
+        }
         let mut attrs = key.attrs().clone();
         for change in changes {
             change.check_form()?;
@@ -1535,8 +1706,18 @@ impl Engine {
                 reason: "session keys cannot be shared",
             });
         }
+        self.require_key_quorum(session, QuorumService::KeyManagement, handle)?;
         let target = self.user_by_name(user_name)?;
         check_share(key, target.id, target.role, share)?;
+        let q = self.key_quorum(handle);
+        let associated = 1 + key.record.shared.len();
+        if !share && usize::from(q.usage.max(q.management)) >= associated {
+            return Err(EngineError::Quorum(format!(
+                "unsharing would leave key {handle} fewer users ({}) than its quorum value ({})",
+                associated - 1,
+                q.usage.max(q.management)
+            )));
+        }
         let user = target.id;
         let op = if share {
             CommandOp::Share { handle, user }
@@ -1609,6 +1790,7 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let caller = self.authorize(session, Operation::WrapKey)?;
         let payload = self.owned_key(caller, handle)?;
+        self.require_key_quorum(session, QuorumService::KeyManagement, handle)?;
         let wrapper = self.usable_key(caller, wrapping)?;
         let Some(material) = &payload.material else {
             return Err(EngineError::InvalidInput {
@@ -1811,6 +1993,7 @@ impl Engine {
         self.check_data(data)?;
         let key = self.usable_key(caller, handle)?;
         key.require(Attribute::Sign, key.attrs().sign)?;
+        self.require_key_quorum(session, QuorumService::KeyUsage, handle)?;
         match &key.material {
             Some(KeyMaterial::Private(p)) => Ok(p.sign(mechanism, data)?),
             Some(KeyMaterial::Secret(s)) => Ok(s.sign(mechanism, data)?),
@@ -2085,6 +2268,67 @@ impl Engine {
         })
     }
 
+    /// Creates the keys of a `CreateKeys` command (owned by its actor, shared with `shared`).
+    fn create_keys(
+        &mut self,
+        cmd: &Command,
+        objects: &[NewKeyObject],
+        shared: &[UserId],
+        ops: &mut Vec<StoreOp>,
+    ) -> Result<Vec<KeyHandle>, EngineError> {
+        let owner = self.actor(cmd, Operation::GenerateKey)?.id;
+        if objects.is_empty() || objects.len() > 2 {
+            return Err(EngineError::InvalidInput {
+                what: "command",
+                reason: "creates one key or one key pair",
+            });
+        }
+        if self.keys.len() + objects.len() > self.meta.limits.max_token_keys as usize {
+            return Err(EngineError::LimitReached {
+                what: "token keys",
+                limit: self.meta.limits.max_token_keys as usize,
+            });
+        }
+        let mut created = Vec::with_capacity(objects.len());
+        let mut handle = self.meta.next_handle;
+        for (i, new) in objects.iter().enumerate() {
+            if !new.attrs.token {
+                return Err(EngineError::InvalidInput {
+                    what: "command",
+                    reason: "session keys are not replicated",
+                });
+            }
+            // The creation rules hold for the attributes as carried, too.
+            new.attrs.check_new()?;
+            let dup_in_command = objects.iter().take(i).any(|o| o.uid == new.uid);
+            if dup_in_command || self.uid_taken(new.uid) {
+                return Err(EngineError::ObjectExists);
+            }
+            let record = KeyRecord {
+                handle: KeyHandle(handle),
+                uid: new.uid,
+                owner,
+                shared: shared.to_vec(),
+                attrs: new.attrs.clone(),
+                public_der: new.public_der.clone(),
+                sealed: new.sealed.clone(),
+                partner: new.partner,
+                created_at: cmd.at,
+            };
+            created.push(open_key(&self.master, record)?);
+            handle += 1;
+        }
+        let mut handles = Vec::with_capacity(created.len());
+        for obj in &created {
+            Self::put_key(ops, &obj.record)?;
+        }
+        for obj in created {
+            handles.push(self.insert_key(obj));
+        }
+        self.meta.next_handle = handle;
+        Ok(handles)
+    }
+
     fn apply_op(
         &mut self,
         cmd: &Command,
@@ -2190,6 +2434,7 @@ impl Engine {
                 }
                 self.users.remove(user);
                 self.end_sessions_of(*user);
+                self.set_user_auth(ops, *user, None, false)?;
                 Ok(Outcome::UserDeleted)
             }
             CommandOp::SetPassword { user, password } => {
@@ -2224,8 +2469,10 @@ impl Engine {
                 let hash = open_password(&self.master, uid, password)?;
                 self.update_user(ops, *user, role, failures, Some((password.clone(), hash)))?;
                 if actor_id != *user {
-                    // A reset by an officer ends the user's sessions on this node.
+                    // A reset by an officer ends the user's sessions on this node, and drops
+                    // the user's MFA and quorum key: how a user who lost the key gets back in.
                     self.end_sessions_of(*user);
+                    self.set_user_auth(ops, *user, None, false)?;
                 }
                 Ok(Outcome::PasswordChanged)
             }
@@ -2272,9 +2519,11 @@ impl Engine {
                     return Err(EngineError::LoginFailed);
                 }
                 self.update_user(ops, *user, role, 0, None)?;
-                if let Some(s) = origin.and_then(|o| self.sessions.get_mut(&o)) {
+                if let Some(o) = origin
+                    && let Some(s) = self.sessions.get(&o)
+                {
                     match s.user {
-                        None => s.user = Some(*user),
+                        None => self.log_in(o, *user, cmd.at),
                         Some(u) if u == *user => {}
                         Some(_) => return Err(EngineError::AlreadyLoggedIn),
                     }
@@ -2282,57 +2531,35 @@ impl Engine {
                 Ok(Outcome::LoggedIn)
             }
             CommandOp::CreateKeys { objects } => {
-                let owner = self.actor(cmd, Operation::GenerateKey)?.id;
-                if objects.is_empty() || objects.len() > 2 {
-                    return Err(EngineError::InvalidInput {
-                        what: "command",
-                        reason: "creates one key or one key pair",
-                    });
-                }
-                if self.keys.len() + objects.len() > self.meta.limits.max_token_keys as usize {
-                    return Err(EngineError::LimitReached {
-                        what: "token keys",
-                        limit: self.meta.limits.max_token_keys as usize,
-                    });
-                }
-                let mut created = Vec::with_capacity(objects.len());
-                let mut handle = self.meta.next_handle;
-                for (i, new) in objects.iter().enumerate() {
-                    if !new.attrs.token {
-                        return Err(EngineError::InvalidInput {
-                            what: "command",
-                            reason: "session keys are not replicated",
+                let handles = self.create_keys(cmd, objects, &[], ops)?;
+                Ok(Outcome::KeysCreated(handles))
+            }
+            CommandOp::CreateKeysShared {
+                objects,
+                shared,
+                quorum,
+            } => {
+                for user in shared {
+                    if self.users.get(user).map(|u| u.role) != Some(Role::CryptoUser) {
+                        return Err(EngineError::UserNotFound {
+                            name: format!("#{user}"),
                         });
                     }
-                    // The creation rules hold for the attributes as carried, too.
-                    new.attrs.check_new()?;
-                    let dup_in_command = objects.iter().take(i).any(|o| o.uid == new.uid);
-                    if dup_in_command || self.uid_taken(new.uid) {
-                        return Err(EngineError::ObjectExists);
-                    }
-                    let record = KeyRecord {
-                        handle: KeyHandle(handle),
-                        uid: new.uid,
-                        owner,
-                        shared: Vec::new(),
-                        attrs: new.attrs.clone(),
-                        public_der: new.public_der.clone(),
-                        sealed: new.sealed.clone(),
-                        partner: new.partner,
-                        created_at: cmd.at,
-                    };
-                    created.push(open_key(&self.master, record)?);
-                    handle += 1;
                 }
-                let mut handles = Vec::with_capacity(created.len());
-                for obj in &created {
-                    Self::put_key(ops, &obj.record)?;
+                let users = 1 + shared.len();
+                if usize::from(quorum.usage.max(quorum.management)) > users {
+                    return Err(EngineError::Quorum(
+                        "a key's quorum value exceeds the users associated with it".into(),
+                    ));
                 }
-                for obj in created {
-                    handles.push(self.insert_key(obj));
+                let handles = self.create_keys(cmd, objects, shared, ops)?;
+                for handle in &handles {
+                    self.set_key_quorum(ops, *handle, *quorum)?;
                 }
-                self.meta.next_handle = handle;
                 Ok(Outcome::KeysCreated(handles))
+            }
+            CommandOp::SetUserAuth { .. } | CommandOp::SetQuorumValue { .. } => {
+                self.apply_quorum(cmd, ops)
             }
             CommandOp::SetAttributes { handle, changes } => {
                 let trusted = changes.iter().any(|c| c.attribute() == Attribute::Trusted);
@@ -2443,6 +2670,7 @@ impl Engine {
                 self.meta.next_tombstone += 1;
                 self.tombstones.insert(uid);
                 self.remove_key(*handle);
+                self.drop_key_quorum(ops, *handle);
                 Ok(Outcome::KeyDeleted)
             }
             CommandOp::InsertMasked { record } => {

@@ -45,6 +45,23 @@ pub enum EngineError {
         /// Who asked.
         principal: Principal,
     },
+    /// A quorum token or approval was refused.
+    #[error("quorum failed: {0}")]
+    Quorum(String),
+    /// The operation needs more approvals.
+    #[error(
+        "quorum failed: {service} needs {needed} approvals and has {approved}; ask for a token \
+         (`sealgate quorum token generate --service {service}`), have it signed, and pass it \
+         with --approval"
+    )]
+    QuorumRequired {
+        /// The service.
+        service: crate::QuorumService,
+        /// M.
+        needed: u8,
+        /// Valid approvals presented.
+        approved: u8,
+    },
     /// Wrong user name or password. The same error for both, so names cannot be probed.
     #[error("login failed: wrong user name or password")]
     LoginFailed,

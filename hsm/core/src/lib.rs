@@ -25,6 +25,7 @@ mod driver;
 mod engine;
 mod error;
 mod permissions;
+mod quorum;
 mod store;
 mod types;
 
@@ -43,6 +44,10 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use permissions::{Operation, Principal, is_permitted};
+pub use quorum::{
+    Approvals, KeyQuorum, MAX_QUORUM, MAX_TOKENS, MFA_LIFETIME_MS, MIN_QUORUM_KEY_BITS,
+    QuorumService, TOKEN_LIFETIME_MS, TokenInfo,
+};
 pub use store::{
     Fingerprint, MemoryStore, Snapshot, Store, StoreBatch, StoreError, StoreOp, Table,
 };

@@ -20,11 +20,19 @@ pub enum Table {
     Keys,
     /// Unique ids of deleted keys, so a masked copy cannot bring a deleted key back.
     Tombstones,
+    /// Quorum values, users' registered keys and MFA, keys' quorum values.
+    Quorum,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 4] = [Self::Meta, Self::Users, Self::Keys, Self::Tombstones];
+    pub const ALL: [Self; 5] = [
+        Self::Meta,
+        Self::Users,
+        Self::Keys,
+        Self::Tombstones,
+        Self::Quorum,
+    ];
 
     /// The table's name in stores that name tables.
     pub fn name(self) -> &'static str {
@@ -33,6 +41,7 @@ impl Table {
             Self::Users => "users",
             Self::Keys => "keys",
             Self::Tombstones => "tombstones",
+            Self::Quorum => "quorum",
         }
     }
 }

@@ -106,6 +106,13 @@ impl PrivateKey {
         })
     }
 
+    /// An Ed25519 key from its 32-byte seed (for keys derived inside the HSM, never imported).
+    pub(crate) fn ed25519_from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| CryptoError::KeyRejected("not an Ed25519 seed"))?;
+        Self::from_ed25519_pair(pair)
+    }
+
     fn from_ed25519_pair(pair: Ed25519KeyPair) -> Result<Self, CryptoError> {
         let spki: PublicKeyX509Der<'static> = pair.public_key().as_der()?;
         let public = PublicKey {

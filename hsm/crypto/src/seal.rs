@@ -100,6 +100,18 @@ impl MasterKey {
         out
     }
 
+    /// Node `node`'s audit signing key: Ed25519 from a seed derived from this key, so it never
+    /// exists outside a node of the cluster (every member can make any member's, and its public
+    /// half is what `sealgate audit verify` checks seals with).
+    pub fn audit_key(&self, node: u32) -> Result<crate::PrivateKey, CryptoError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, EXTRACT_SALT).extract(&self.bytes[..]);
+        let id = node.to_be_bytes();
+        let info = [b"sealgate audit key v1".as_slice(), &id];
+        let mut seed = Zeroizing::new([0u8; 32]);
+        prk.expand(&info, Len(32))?.fill(&mut seed[..])?;
+        crate::PrivateKey::ed25519_from_seed(&seed[..])
+    }
+
     /// An integrity tag over `data` in `context` (HMAC-SHA-256 under a key derived from the
     /// master key). Deterministic, so every replica computes the same tag for the same record.
     pub fn record_tag(&self, context: &[u8], data: &[u8]) -> [u8; 32] {

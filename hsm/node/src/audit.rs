@@ -14,6 +14,7 @@
 //! stamps and writes it. A record that cannot be written makes the node refuse every further
 //! audited operation (fail closed) until it is restarted; signing goes on.
 
+use sealgate_hsm_core::crypto::{PrivateKey, SignMechanism};
 use sealgate_hsm_core::{AuditUser, KeyHandle, Opcode, SessionId};
 use sealgate_hsm_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,51 @@ pub struct AuditRecord {
     /// More about the event (a start, a membership change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The `hash` of the record before it in the file (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 of the line up to this field (hex): see [`split_line`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    /// The node's audit key's Ed25519 signature of [`seal_message`]`(hash)` (hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seal: String,
+}
+
+/// The `prev_hash` of a file's first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a seal signs: a fixed context and the record's hash in hex.
+pub fn seal_message(hash: &str) -> Vec<u8> {
+    let mut m = b"sealgate audit seal v1\n".to_vec();
+    m.extend_from_slice(hash.as_bytes());
+    m
+}
+
+/// A line cut into what its hash covers and the hash and seal that follow. A line is the
+/// record's JSON object, written so that it ends `,"hash":"<64 hex>","seal":"<hex>"}`; the
+/// hash is SHA-256 of everything before `,"hash":` (the object up to and including
+/// `prev_hash`). `None` for a line not of that shape.
+pub fn split_line(line: &str) -> Option<(&str, &str, &str)> {
+    const HASH: &str = ",\"hash\":\"";
+    const SEAL: &str = "\",\"seal\":\"";
+    let at = line.rfind(HASH)?;
+    let (covered, rest) = line.split_at(at);
+    let rest = rest.strip_prefix(HASH)?.strip_suffix("\"}")?;
+    let (hash, seal) = rest.split_once(SEAL)?;
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    (hash.len() == 64 && hex(hash) && !seal.is_empty() && hex(seal))
+        .then_some((covered, hash, seal))
+}
+
+/// SHA-256 of `covered`, hex.
+pub fn line_hash(covered: &str) -> String {
+    hex::encode(sealgate_hsm_core::crypto::digest(
+        sealgate_hsm_core::crypto::HashAlg::Sha256,
+        covered.as_bytes(),
+    ))
 }
 
 /// What a caller tells the log; [`AuditLog::record`] adds time and numbers.
@@ -123,9 +169,20 @@ pub struct AuditError {
     reason: String,
 }
 
+impl AuditError {
+    pub(crate) fn new(path: &Path, reason: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            reason,
+        }
+    }
+}
+
 struct Writer {
     file: File,
     next_sequence: u64,
+    /// The last record's hash (the next one's `prev_hash`).
+    last_hash: String,
 }
 
 /// One node's audit stream.
@@ -137,6 +194,10 @@ pub(crate) struct AuditLog {
     reboot_counter: u32,
     writer: Mutex<Writer>,
     failed: AtomicBool,
+    /// Seals every record: the node's audit key ([`MasterKey::audit_key`]).
+    ///
+    /// [`MasterKey::audit_key`]: sealgate_hsm_core::crypto::MasterKey::audit_key
+    sealer: PrivateKey,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -153,7 +214,12 @@ impl AuditLog {
     /// and records it. A last line cut short by a crash (it was never acknowledged) is
     /// removed, and the start record says how many bytes it had; a last record that is whole
     /// but does not parse refuses the start: the stream cannot be continued safely.
-    pub(crate) fn open(path: &Path, events: &Path, hsm_id: u32) -> Result<Self, AuditError> {
+    pub(crate) fn open(
+        path: &Path,
+        events: &Path,
+        hsm_id: u32,
+        sealer: PrivateKey,
+    ) -> Result<Self, AuditError> {
         let fail = |reason: String| AuditError {
             path: path.to_owned(),
             reason,
@@ -176,9 +242,13 @@ impl AuditLog {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| fail(e.to_string()))?;
         }
-        let (next_sequence, reboot_counter) = match &last {
-            Some(r) => (r.sequence + 1, r.reboot_counter.saturating_add(1)),
-            None => (0, 1),
+        let (next_sequence, reboot_counter, last_hash) = match &last {
+            Some(r) => (
+                r.sequence + 1,
+                r.reboot_counter.saturating_add(1),
+                r.hash.clone(),
+            ),
+            None => (0, 1, GENESIS_HASH.to_owned()),
         };
         let log = Self {
             path: path.to_owned(),
@@ -188,21 +258,47 @@ impl AuditLog {
             writer: Mutex::new(Writer {
                 file,
                 next_sequence,
+                last_hash,
             }),
             failed: AtomicBool::new(false),
+            sealer,
         };
+        let mut notes = vec![format!("sealgate {}", env!("CARGO_PKG_VERSION"))];
+        if let Some(r) = &last
+            && r.opcode != Opcode::NodeStop.name()
+        {
+            notes.push(format!(
+                "the previous run did not stop cleanly (its last record is {})",
+                r.sequence
+            ));
+        }
+        if unfinished > 0 {
+            notes.push(format!(
+                "removed an unfinished last record of {unfinished} bytes (the node stopped \
+                 while writing it)"
+            ));
+        }
         let mut start = AuditEntry::new(Opcode::NodeStart);
-        start.detail = Some(if unfinished > 0 {
-            format!(
-                "sealgate {}; removed an unfinished last record of {unfinished} bytes (the \
-                 node stopped while writing it)",
-                env!("CARGO_PKG_VERSION")
-            )
-        } else {
-            format!("sealgate {}", env!("CARGO_PKG_VERSION"))
-        });
+        start.detail = Some(notes.join("; "));
         log.record(start)?;
         Ok(log)
+    }
+
+    /// Records the node's clean stop: the record that closes a run (`sealgate audit verify`
+    /// knows from it that nothing was cut after it).
+    pub(crate) fn stop(&self) {
+        if let Err(e) = self.record(AuditEntry::new(Opcode::NodeStop)) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// The last record's sequence number and hash.
+    pub(crate) fn head(&self) -> Option<(u64, String)> {
+        let writer = self.writer.lock().ok()?;
+        writer
+            .next_sequence
+            .checked_sub(1)
+            .map(|seq| (seq, writer.last_hash.clone()))
     }
 
     /// Whether records can be written (else audited operations are refused).
@@ -265,9 +361,25 @@ impl AuditLog {
             public_key_handle: entry.public_key_handle.map(|h| h.0),
             origin_node: entry.origin_node,
             detail: entry.detail,
+            prev_hash: writer.last_hash.clone(),
+            hash: String::new(),
+            seal: String::new(),
         };
-        let mut line = serde_json::to_vec(&record).map_err(|e| fail(e.to_string()))?;
-        line.push(b'\n');
+        let json = serde_json::to_string(&record).map_err(|e| fail(e.to_string()))?;
+        let covered = json
+            .strip_suffix('}')
+            .ok_or_else(|| fail("a record did not encode as an object".into()))?;
+        let hash = line_hash(covered);
+        let seal = self
+            .sealer
+            .sign(SignMechanism::Ed25519, &seal_message(&hash))
+            .map_err(|e| fail(format!("cannot seal a record: {e}")))?;
+        let mut line = format!(
+            "{covered},\"hash\":\"{hash}\",\"seal\":\"{}\"}}\n",
+            hex::encode(seal)
+        )
+        .into_bytes();
+        debug_assert!(split_line(std::str::from_utf8(&line).unwrap_or("").trim_end()).is_some());
         let written = writer
             .file
             .write_all(&line)
@@ -282,8 +394,154 @@ impl AuditLog {
             return Err(fail(e.to_string()));
         }
         writer.next_sequence += 1;
+        writer.last_hash = hash;
+        line.clear();
         Ok(())
     }
+}
+
+/// A file whose every record checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// How many records.
+    pub records: u64,
+    /// The node that wrote them.
+    pub hsm_id: Option<u32>,
+    /// The last record's sequence number and hash.
+    pub last: Option<(u64, String)>,
+    /// Whether the last record is the node's stop record (`CN_NODE_STOP`): nothing can have
+    /// been cut after it.
+    pub closed: bool,
+}
+
+/// The first place where a file departs from what its node wrote.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}{}: {what}", .sequence.map(|s| format!(" (record {s})")).unwrap_or_default())]
+pub struct Tampered {
+    /// The line (from 1).
+    pub line: usize,
+    /// The record's sequence number, when it could be read.
+    pub sequence: Option<u64>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// Checks an audit file's text against node `key` (its audit key's public half): every
+/// line is a record whose hash matches its content and whose seal is the key's signature,
+/// the sequence numbers run from 0 without gap or reordering, and each record names the hash
+/// of the one before. Reports the first departure: an edited, removed, reordered or inserted
+/// record, or a cut (an unfinished last line). Whether the tail was cut after a whole record
+/// is for the caller to tell from [`Verified::closed`] and the node's head.
+pub fn verify(
+    text: &str,
+    key: &sealgate_hsm_core::crypto::PublicKey,
+) -> Result<Verified, Tampered> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    // Where each sequence number stands, to tell a removed record from a moved one.
+    let positions: std::collections::HashMap<u64, usize> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let r: AuditRecord = serde_json::from_str(l.trim_end_matches('\n')).ok()?;
+            Some((r.sequence, i + 1))
+        })
+        .collect();
+    let mut done = Verified {
+        records: 0,
+        hsm_id: None,
+        last: None,
+        closed: false,
+    };
+    for (i, raw) in lines.iter().enumerate() {
+        let line = i + 1;
+        let fail = |sequence: Option<u64>, what: String| Tampered {
+            line,
+            sequence,
+            what,
+        };
+        let Some(text) = raw.strip_suffix('\n') else {
+            return Err(fail(
+                None,
+                "the last line is unfinished (the file was cut, or the node stopped while \
+                 writing it)"
+                    .into(),
+            ));
+        };
+        let record: AuditRecord = serde_json::from_str(text)
+            .map_err(|e| fail(None, format!("not a record: it was edited ({e})")))?;
+        let seq = Some(record.sequence);
+        let (covered, hash, seal) = split_line(text)
+            .ok_or_else(|| fail(seq, "not a sealed record: it was edited".into()))?;
+        if line_hash(covered) != hash {
+            return Err(fail(
+                seq,
+                "edited: its content does not match its hash".into(),
+            ));
+        }
+        let signature = hex::decode(seal).unwrap_or_default();
+        if key
+            .verify(SignMechanism::Ed25519, &seal_message(hash), &signature)
+            .is_err()
+        {
+            return Err(fail(
+                seq,
+                "its seal is not a signature of the node's audit key (edited, or not this \
+                 node's file)"
+                    .into(),
+            ));
+        }
+        match done.hsm_id {
+            Some(id) if id != record.hsm_id => {
+                return Err(fail(
+                    seq,
+                    format!(
+                        "written by node {}, the records before by node {id}",
+                        record.hsm_id
+                    ),
+                ));
+            }
+            _ => done.hsm_id = Some(record.hsm_id),
+        }
+        let (expected, prev_hash) = match &done.last {
+            Some((s, h)) => (s + 1, h.as_str()),
+            None => (0, GENESIS_HASH),
+        };
+        if record.sequence != expected {
+            let what = match positions.get(&expected) {
+                Some(at) if *at > line => format!(
+                    "out of order: record {expected} was expected here and is at line {at} \
+                     (records were reordered)"
+                ),
+                _ if record.sequence > expected => {
+                    if record.sequence - 1 == expected {
+                        format!("record {expected} before it was removed")
+                    } else {
+                        format!(
+                            "records {expected} to {} before it were removed",
+                            record.sequence - 1
+                        )
+                    }
+                }
+                _ => format!(
+                    "out of order: record {expected} was expected here (records were \
+                     reordered or repeated)"
+                ),
+            };
+            return Err(fail(seq, what));
+        }
+        if record.prev_hash != prev_hash {
+            return Err(fail(
+                seq,
+                "does not follow the record before it (a record was removed, inserted or \
+                 reordered)"
+                    .into(),
+            ));
+        }
+        done.records += 1;
+        done.closed = record.opcode == Opcode::NodeStop.name();
+        done.last = Some((record.sequence, hash.to_owned()));
+    }
+    Ok(done)
 }
 
 /// The last whole record of `file` and the length of an unfinished line after it.
@@ -311,12 +569,19 @@ fn last_record(file: &mut File) -> Result<(Option<AuditRecord>, u64), String> {
     if parts.next().is_none() && start > 0 {
         return Err(format!("its last record is longer than {MAX_RECORD} bytes"));
     }
-    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| {
+    let refuse = |why: String| {
         format!(
-            "its last record does not parse ({e}); the stream cannot be continued: move the \
-             file aside to start a new one"
+            "its last record {why}; the stream cannot be continued: check the file with \
+             `sealgate audit verify`, then move it aside to start a new one"
         )
-    })?;
+    };
+    let text = std::str::from_utf8(line).map_err(|_| refuse("is not UTF-8".into()))?;
+    let record: AuditRecord =
+        serde_json::from_str(text).map_err(|e| refuse(format!("does not parse ({e})")))?;
+    match split_line(text) {
+        Some((covered, hash, _)) if line_hash(covered) == hash && hash == record.hash => {}
+        _ => return Err(refuse("does not match its hash (edited)".into())),
+    }
     Ok((Some(record), unfinished))
 }
 
@@ -437,6 +702,18 @@ fn event_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sealgate_hsm_core::crypto::MasterKey;
+
+    fn key() -> PrivateKey {
+        MasterKey::from_bytes(&[7; 32])
+            .unwrap()
+            .audit_key(1)
+            .unwrap()
+    }
+
+    fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open(path, &path.with_file_name(EVENTS_FILE), 1, key())
+    }
 
     fn records(path: &Path) -> Vec<AuditRecord> {
         std::fs::read_to_string(path)
@@ -451,7 +728,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(AUDIT_FILE);
         {
-            let log = AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 3).unwrap();
+            let log = open(&path).unwrap();
             let mut e = AuditEntry::new(Opcode::Login);
             e.user = Some(AuditUser {
                 name: "alice".into(),
@@ -460,7 +737,7 @@ mod tests {
             e.response = Err(ErrorKind::LoginFailed);
             log.record(e).unwrap();
         }
-        let _log = AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 3).unwrap();
+        let _log = open(&path).unwrap();
         let all = records(&path);
         let seq: Vec<u64> = all.iter().map(|r| r.sequence).collect();
         assert_eq!(seq, [0, 1, 2]);
@@ -472,6 +749,15 @@ mod tests {
         assert_eq!(all[1].user_type, None);
         assert_eq!(all[2].opcode, "CN_NODE_START");
         assert!(
+            all[2]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("did not stop cleanly"),
+            "{:?}",
+            all[2].detail
+        );
+        assert!(
             all[0].time.ends_with('Z') && all[0].time.len() == 27,
             "{}",
             all[0].time
@@ -482,11 +768,11 @@ mod tests {
     fn an_unfinished_last_line_is_removed_and_said_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(AUDIT_FILE);
-        drop(AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 1).unwrap());
+        drop(open(&path).unwrap());
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"time\":\"20").unwrap();
         drop(f);
-        drop(AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 1).unwrap());
+        drop(open(&path).unwrap());
         let all = records(&path);
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].sequence, 1);
@@ -501,14 +787,12 @@ mod tests {
     fn a_whole_last_record_that_does_not_parse_refuses_the_start_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(AUDIT_FILE);
-        drop(AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 1).unwrap());
+        drop(open(&path).unwrap());
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"not json\n").unwrap();
         drop(f);
         let before = std::fs::read(&path).unwrap();
-        let err = AuditLog::open(&path, &dir.path().join(EVENTS_FILE), 1)
-            .unwrap_err()
-            .to_string();
+        let err = open(&path).unwrap_err().to_string();
         assert!(
             err.contains("audit.jsonl") && err.contains("does not parse"),
             "{err}"
@@ -527,8 +811,10 @@ mod tests {
             writer: Mutex::new(Writer {
                 file: full,
                 next_sequence: 7,
+                last_hash: GENESIS_HASH.into(),
             }),
             failed: AtomicBool::new(false),
+            sealer: key(),
         };
         assert!(log.healthy());
         let err = log.record(AuditEntry::new(Opcode::Logout)).unwrap_err();
@@ -538,6 +824,84 @@ mod tests {
         assert!(again.to_string().contains("earlier record"), "{again}");
         // The sequence number was not used up: no gap if the node is restarted.
         assert_eq!(log.writer.lock().unwrap().next_sequence, 7);
+    }
+
+    /// A file of `n` records (start, logins, stop) written by a real log.
+    fn sample(n: usize) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_FILE);
+        let log = open(&path).unwrap();
+        for _ in 2..n {
+            log.record(AuditEntry::new(Opcode::Login)).unwrap();
+        }
+        log.stop();
+        let text = std::fs::read_to_string(&path).unwrap();
+        (dir, text)
+    }
+
+    fn public() -> sealgate_hsm_core::crypto::PublicKey {
+        key().public_key().clone()
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(|l| format!("{l}\n")).collect()
+    }
+
+    #[test]
+    fn an_untouched_file_verifies_and_is_closed() {
+        let (_dir, text) = sample(6);
+        let v = verify(&text, &public()).unwrap();
+        assert_eq!(v.records, 6);
+        assert!(v.closed);
+        assert_eq!(v.hsm_id, Some(1));
+        assert_eq!(v.last.unwrap().0, 5);
+        // Another node's key does not verify it.
+        let other = MasterKey::from_bytes(&[7; 32])
+            .unwrap()
+            .audit_key(2)
+            .unwrap();
+        let err = verify(&text, other.public_key()).unwrap_err();
+        assert_eq!((err.line, err.sequence), (1, Some(0)), "{err}");
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_found_at_its_record() {
+        let (_dir, text) = sample(6);
+        let original = lines(&text);
+        // One byte edited (inside a field, in the hash, in the seal), each at record 2.
+        for (from, to) in [
+            ("CN_LOGIN", "CN_LOGIM"),
+            ("\"hash\":\"", "\"hash\":\"f"),
+            ("\"seal\":\"", "\"seal\":\"0"),
+        ] {
+            let mut l = original.clone();
+            l[2] = l[2].replacen(from, to, 1);
+            let err = verify(&l.concat(), &public()).unwrap_err();
+            assert_eq!(err.line, 3, "{from}: {err}");
+        }
+        // A record removed.
+        let mut l = original.clone();
+        l.remove(3);
+        let err = verify(&l.concat(), &public()).unwrap_err();
+        assert_eq!((err.line, err.sequence), (4, Some(4)), "{err}");
+        assert!(err.what.contains("record 3 before it was removed"), "{err}");
+        // Two records swapped.
+        let mut l = original.clone();
+        l.swap(2, 3);
+        let err = verify(&l.concat(), &public()).unwrap_err();
+        assert_eq!((err.line, err.sequence), (3, Some(3)), "{err}");
+        assert!(err.what.contains("reordered"), "{err}");
+        // The tail cut after a whole record: every record checks out, but the stop is gone.
+        let v = verify(&original[..4].concat(), &public()).unwrap();
+        assert!(!v.closed);
+        assert_eq!(v.last.unwrap().0, 3);
+        // Cut inside a record.
+        let cut = &text[..text.len() - 10];
+        let err = verify(cut, &public()).unwrap_err();
+        assert_eq!(err.line, 6, "{err}");
+        // The head cut.
+        let err = verify(&original[2..].concat(), &public()).unwrap_err();
+        assert_eq!((err.line, err.sequence), (1, Some(2)), "{err}");
     }
 
     #[test]

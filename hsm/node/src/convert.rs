@@ -5,6 +5,7 @@
 use sealgate_hsm_core::crypto::{
     self as crypto, AesSize, KeyClass, KeySpec, OaepHash, RsaSize, SignMechanism,
 };
+use sealgate_hsm_core::{Approvals, KeyQuorum, QuorumService, TokenInfo};
 use sealgate_hsm_core::{
     Attribute, AttributeChange, EngineError, KeyFilter, KeyInfo, KeyTemplate, Role, UserInfo,
 };
@@ -152,6 +153,90 @@ pub(crate) fn template(attributes: &[AttributeValue]) -> Result<KeyTemplate, pro
     Ok(template)
 }
 
+/// A new key's quorum values and first users.
+pub(crate) type CreationOptions = (KeyQuorum, Vec<String>);
+
+/// Creation options among a new key's attributes: `quorum-usage=M`, `quorum-management=M` and
+/// `share=USER` (repeatable), which fix the key's quorum values and its first users when it is
+/// created (CloudHSM's `--use-key-quorum-value`, `--manage-key-quorum-value`,
+/// `--share-crypto-users`). Returns them (none when none is given) and the other attributes.
+pub(crate) fn creation_options(
+    attributes: &[AttributeValue],
+) -> Result<(Option<CreationOptions>, Vec<AttributeValue>), proto::Error> {
+    let mut quorum = KeyQuorum {
+        usage: 1,
+        management: 1,
+    };
+    let (mut share, mut rest, mut any) = (Vec::new(), Vec::new(), false);
+    for a in attributes {
+        let value = || {
+            a.value.parse::<u8>().map_err(|_| {
+                invalid(format!(
+                    "attribute {}: expected a quorum value 1 to {}",
+                    a.name,
+                    sealgate_hsm_core::MAX_QUORUM
+                ))
+            })
+        };
+        match a.name.as_str() {
+            "quorum-usage" => quorum.usage = value()?,
+            "quorum-management" => quorum.management = value()?,
+            "share" => share.push(a.value.clone()),
+            _ => {
+                rest.push(a.clone());
+                continue;
+            }
+        }
+        any = true;
+    }
+    Ok((any.then_some((quorum, share)), rest))
+}
+
+/// A quorum service from the protocol's.
+pub(crate) fn quorum_service(service: proto::QuorumService) -> QuorumService {
+    match service {
+        proto::QuorumService::User => QuorumService::User,
+        proto::QuorumService::Quorum => QuorumService::Quorum,
+        proto::QuorumService::KeyManagement => QuorumService::KeyManagement,
+        proto::QuorumService::KeyUsage => QuorumService::KeyUsage,
+    }
+}
+
+/// A quorum service for the protocol.
+pub(crate) fn quorum_service_out(service: QuorumService) -> proto::QuorumService {
+    match service {
+        QuorumService::User => proto::QuorumService::User,
+        QuorumService::Quorum => proto::QuorumService::Quorum,
+        QuorumService::KeyManagement => proto::QuorumService::KeyManagement,
+        QuorumService::KeyUsage => proto::QuorumService::KeyUsage,
+    }
+}
+
+/// A token for the protocol.
+pub(crate) fn quorum_token(token: TokenInfo, hsm_id: u32) -> proto::QuorumToken {
+    proto::QuorumToken {
+        id: token.id,
+        hsm_id,
+        service: quorum_service_out(token.service),
+        key: token.key.map(|k| k.0),
+        user: token.user,
+        approval_data: token.approval_data,
+        expires_ms: token.expires.0,
+    }
+}
+
+/// Approvals from the protocol's.
+pub(crate) fn approvals(approval: proto::Approval) -> Approvals {
+    Approvals {
+        token: approval.token,
+        signatures: approval
+            .signatures
+            .into_iter()
+            .map(|s| (s.user, s.signature))
+            .collect(),
+    }
+}
+
 /// Attribute changes from `name=value` attributes.
 pub(crate) fn changes(attributes: &[AttributeValue]) -> Result<Vec<AttributeChange>, proto::Error> {
     attributes
@@ -273,6 +358,7 @@ pub(crate) fn error(e: &EngineError) -> proto::Error {
         E::TooManySessions { .. } | E::LimitReached { .. } => ErrorKind::LimitReached,
         E::Crypto(crypto::CryptoError::BadSignature) => ErrorKind::VerifyFailed,
         E::Corrupt(_) => ErrorKind::Unavailable,
+        E::Quorum(_) | E::QuorumRequired { .. } => ErrorKind::QuorumFailed,
         _ => ErrorKind::InvalidInput,
     };
     proto::Error::new(kind, e.to_string())

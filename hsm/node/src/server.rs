@@ -9,7 +9,7 @@
 //! connection without a valid client certificate is logged in one line and closed; other
 //! connections are not affected.
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditError, AuditLog};
 use crate::config::NodeConfig;
 use crate::master_key::{
     MASTER_KEY_ENV, MasterKeyError, MasterKeySource, load_master_key_bytes, write_master_key,
@@ -94,7 +94,7 @@ pub enum NodeError {
     Metrics(String),
     /// The audit log could not be opened or continued.
     #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] AuditError),
 }
 
 /// What connections share.
@@ -163,6 +163,9 @@ impl NodeHandle {
         self.shutdown.cancel();
         let _ = self.done.await;
         let _ = self.raft.shutdown().await;
+        // The last record of this run: nothing was cut after it.
+        let hsm = Arc::clone(&self.shared.hsm);
+        let _ = tokio::task::spawn_blocking(move || hsm.audit().stop()).await;
     }
 }
 
@@ -225,12 +228,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let database = store.database();
     let node_id = u64::from(config.id);
+    let audit_key = master
+        .audit_key(config.id)
+        .map_err(|e| AuditError::new(&config.audit_path(), format!("no audit key: {e}")))?;
     let mut replica = Replica::open(node_id, store, master, engine_config).map_err(store_error)?;
     // Opened before replication starts, so the changes this node catches up on are audited.
     let audit = Arc::new(AuditLog::open(
         &config.audit_path(),
         &config.events_path(),
         config.id,
+        audit_key,
     )?);
     replica.attach_audit(Arc::clone(&audit));
     let replica = Arc::new(std::sync::RwLock::new(replica));

@@ -80,6 +80,31 @@ fn engine_error(e: EngineError) -> proto::Error {
     convert::error(&e)
 }
 
+/// Approvals presented with a controlled request, and what they are for.
+pub(crate) struct Approved {
+    approvals: sealgate_hsm_core::Approvals,
+    service: sealgate_hsm_core::QuorumService,
+    key: Option<KeyHandle>,
+}
+
+/// The quorum service (and key) that controls `request`, or why it is not controlled.
+fn controlled(
+    request: &Request,
+) -> Result<(sealgate_hsm_core::QuorumService, Option<KeyHandle>), proto::Error> {
+    request
+        .quorum_control()
+        .map(|(service, key)| (convert::quorum_service(service), key.map(KeyHandle)))
+        .ok_or_else(|| {
+            proto::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is not quorum-controlled: it takes no approval",
+                    request.name()
+                ),
+            )
+        })
+}
+
 /// A role as management events name it.
 fn role_name(role: Role) -> &'static str {
     match role {
@@ -269,6 +294,11 @@ impl Hsm {
             ));
         }
         Ok(())
+    }
+
+    /// The node's audit stream.
+    pub(crate) fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Whether this node was removed from the cluster.
@@ -461,11 +491,24 @@ impl Hsm {
     fn change<T: FromOutcome>(
         &self,
         session: SessionId,
+        approval: Option<&Approved>,
         prepare: impl FnOnce(&mut Engine, Timestamp) -> Result<Step<T>, EngineError>,
     ) -> Result<T, proto::Error> {
         let step = {
             let mut st = self.write()?;
-            prepare(st.engine_mut(), now()).map_err(engine_error)?
+            let now = now();
+            match approval {
+                Some(a) => st.engine_mut().with_approval(
+                    session,
+                    &a.approvals,
+                    a.service,
+                    a.key,
+                    now,
+                    |e| prepare(e, now),
+                ),
+                None => prepare(st.engine_mut(), now),
+            }
+            .map_err(engine_error)?
         };
         let cmd = match step {
             Step::Done(v) => return Ok(v),
@@ -565,9 +608,10 @@ impl Hsm {
     fn command(
         &self,
         session: SessionId,
+        approval: Option<&Approved>,
         prepare: impl FnOnce(&Engine, Timestamp) -> Result<Command, EngineError>,
     ) -> Result<Outcome, proto::Error> {
-        self.change(session, |engine, now| {
+        self.change(session, approval, |engine, now| {
             prepare(engine, now).map(Step::Replicate)
         })
     }
@@ -583,7 +627,7 @@ impl Hsm {
         request: Request,
     ) -> Result<Reply, proto::Error> {
         let Some(mut entry) = self.audit_plan(session, &request) else {
-            return self.dispatch(session, request);
+            return self.dispatch(session, request, None);
         };
         if !self.audit.healthy() {
             return Err(proto::Error::new(
@@ -595,7 +639,7 @@ impl Hsm {
                 ),
             ));
         }
-        let result = self.dispatch(session, request);
+        let result = self.dispatch(session, request, None);
         match &result {
             Ok(Reply::KeysCreated(handles)) => match handles.as_slice() {
                 [public, private] => {
@@ -605,6 +649,9 @@ impl Hsm {
                 [one, ..] => entry.key_handle = Some(KeyHandle(*one)),
                 [] => {}
             },
+            Ok(Reply::MfaChallenge { .. }) => {
+                entry.detail = Some("password right; waiting for the MFA signature".into());
+            }
             Ok(_) => {}
             Err(e) => entry.response = Err(e.kind),
         }
@@ -619,6 +666,41 @@ impl Hsm {
     /// user it is about); `None` for a request that is not audited (reads, cryptographic
     /// operations).
     fn audit_plan(&self, session: SessionId, request: &Request) -> Option<AuditEntry> {
+        if let Request::Approved { approval, request } = request {
+            let mut entry = match self.audit_plan(session, request) {
+                Some(entry) => entry,
+                // An approved signature: the approval is the event.
+                None => {
+                    let mut entry = AuditEntry::new(Opcode::ApproveToken);
+                    entry.session = Some(session);
+                    entry.actor = self
+                        .state
+                        .read()
+                        .ok()
+                        .and_then(|st| st.engine().audit_session_user(session));
+                    if let Request::Sign { handle, .. } = **request {
+                        entry.key_handle = Some(KeyHandle(handle));
+                    }
+                    entry.detail = Some(request.name().to_owned());
+                    entry
+                }
+            };
+            let approvers: Vec<&str> = approval
+                .signatures
+                .iter()
+                .map(|s| s.user.as_str())
+                .collect();
+            let approved = format!(
+                "with the approvals of quorum token {} by {}",
+                approval.token,
+                approvers.join(", ")
+            );
+            entry.detail = Some(match entry.detail.take() {
+                Some(d) => format!("{d}; {approved}"),
+                None => approved,
+            });
+            return Some(entry);
+        }
         let opcode = match request {
             Request::Login { .. } => Opcode::Login,
             Request::Logout => Opcode::Logout,
@@ -639,6 +721,13 @@ impl Hsm {
             Request::UnshareKey { .. } => Opcode::UnshareObject,
             Request::DeleteKey { .. } => Opcode::DestroyObject,
             Request::WrapKey { .. } => Opcode::WrapKey,
+            Request::LoginMfa { .. } => Opcode::Login,
+            Request::RegisterQuorumKey { .. } => Opcode::RegisterQuorumKey,
+            Request::ChangeMfa { .. } => Opcode::ChangeMfa,
+            Request::GenerateQuorumToken { .. } => Opcode::GetToken,
+            Request::DeleteQuorumToken { .. } => Opcode::DeleteToken,
+            Request::SetQuorumValue { .. } => Opcode::SetMValue,
+            // A signature is audited when it needed approvals (above), not otherwise.
             _ => return None,
         };
         let mut entry = AuditEntry::new(opcode);
@@ -657,7 +746,11 @@ impl Hsm {
         entry.actor = engine.and_then(|e| e.audit_session_user(session));
         entry.user = match request {
             Request::Login { user, .. } => Some(named(user)),
-            Request::Logout | Request::Activate { .. } => entry.actor.clone(),
+            Request::Logout
+            | Request::Activate { .. }
+            | Request::RegisterQuorumKey { .. }
+            | Request::LoginMfa { .. } => entry.actor.clone(),
+            Request::ChangeMfa { name, .. } => Some(named(name)),
             Request::CreateUser { name, role, .. } => Some(AuditUser {
                 role: Some(convert::role(*role)),
                 ..named(name)
@@ -687,9 +780,58 @@ impl Hsm {
                 entry.detail = Some(format!("base key {base}"));
                 None
             }
+            Request::GenerateQuorumToken { service, key } => {
+                entry.detail = Some(format!("service {}", service.as_str()));
+                key.map(KeyHandle)
+            }
+            Request::DeleteQuorumToken { id } => {
+                entry.detail = Some(format!("token {id}"));
+                None
+            }
+            Request::SetQuorumValue { service, value } => {
+                entry.detail = Some(format!("{}={value}", service.as_str()));
+                None
+            }
             _ => None,
         };
         Some(entry)
+    }
+
+    /// A read that a quorum may control: with approvals it runs under the write lock, inside
+    /// the approvals' check (which uses the token up).
+    fn read_approved<T>(
+        &self,
+        session: SessionId,
+        approval: Option<&Approved>,
+        read: impl FnOnce(&mut Engine) -> Result<T, EngineError>,
+    ) -> Result<T, proto::Error> {
+        let mut st = self.write()?;
+        match approval {
+            Some(a) => {
+                st.engine_mut()
+                    .with_approval(session, &a.approvals, a.service, a.key, now(), read)
+            }
+            None => read(st.engine_mut()),
+        }
+        .map_err(engine_error)
+    }
+
+    /// A key creation, with the creation options among its attributes (see
+    /// [`convert::creation_options`]) fixed on the keys it makes.
+    fn create(
+        &self,
+        session: SessionId,
+        approval: Option<&Approved>,
+        options: Option<convert::CreationOptions>,
+        create: impl FnOnce(&mut Engine, Timestamp) -> Result<Step<Vec<KeyHandle>>, EngineError>,
+    ) -> Result<Reply, proto::Error> {
+        let handles = match options {
+            None => self.change(session, approval, create)?,
+            Some((quorum, share)) => self.change(session, approval, |e, now| {
+                e.with_key_quorum(session, quorum, &share, |e| create(e, now))
+            })?,
+        };
+        Ok(created(handles))
     }
 
     /// Answers one request on `session` (see [`Hsm::handle`]).
@@ -697,7 +839,12 @@ impl Hsm {
     /// After a failed store write the engine's memory is ahead of its store (the change was
     /// applied but is not durable), so the node answers nothing more until restarted from the
     /// store.
-    fn dispatch(&self, session: SessionId, request: Request) -> Result<Reply, proto::Error> {
+    fn dispatch(
+        &self,
+        session: SessionId,
+        request: Request,
+        approval: Option<&Approved>,
+    ) -> Result<Reply, proto::Error> {
         if !self.writable() {
             return Err(proto::Error::new(
                 ErrorKind::Unavailable,
@@ -735,14 +882,36 @@ impl Hsm {
                     .map_err(engine_error)?;
                 // argon2 runs here, with no lock held: signatures go on meanwhile.
                 let ok = ticket.check(&password(&pw));
-                self.change(session, |e, now| e.finish_login(ticket, ok, now))?;
+                self.change(session, approval, |e, now| e.finish_login(ticket, ok, now))?;
+                let st = self.read()?;
+                if let Some(challenge) = st.engine().mfa_challenge(session) {
+                    return Ok(Reply::MfaChallenge { challenge });
+                }
+                let role = st
+                    .engine()
+                    .session_user(session)
+                    .map_err(engine_error)?
+                    .map(|(_, role)| convert::role_out(role))
+                    .ok_or_else(|| proto::Error::new(ErrorKind::LoginFailed, "login failed"))?;
+                Ok(Reply::LoggedIn { role })
+            }
+            Request::LoginMfa { signature } => {
+                self.change(session, approval, |e, now| {
+                    e.finish_mfa(session, &signature, now)
+                })?;
                 let role = self
                     .read()?
                     .engine()
                     .session_user(session)
                     .map_err(engine_error)?
                     .map(|(_, role)| convert::role_out(role))
-                    .ok_or_else(|| proto::Error::new(ErrorKind::LoginFailed, "login failed"))?;
+                    .ok_or_else(|| {
+                        proto::Error::new(
+                            ErrorKind::LoginFailed,
+                            "login failed: the MFA signature does not verify with the user's \
+                             registered key, or came too late",
+                        )
+                    })?;
                 Ok(Reply::LoggedIn { role })
             }
             Request::Logout => {
@@ -754,7 +923,7 @@ impl Hsm {
             }
             Request::Activate { new_password } => {
                 let pw = password(&new_password);
-                self.command(session, |e, now| e.activate(session, &pw, now))?;
+                self.command(session, approval, |e, now| e.activate(session, &pw, now))?;
                 Ok(Reply::Done)
             }
             Request::ListUsers => {
@@ -774,7 +943,7 @@ impl Hsm {
             } => {
                 let pw = password(&pw);
                 let role = convert::role(role);
-                let outcome = self.command(session, |e, now| {
+                let outcome = self.command(session, approval, |e, now| {
                     e.create_user(session, &name, role, &pw, now)
                 })?;
                 match outcome {
@@ -783,23 +952,25 @@ impl Hsm {
                 }
             }
             Request::DeleteUser { name } => {
-                self.command(session, |e, now| e.delete_user(session, &name, now))?;
+                self.command(session, approval, |e, now| {
+                    e.delete_user(session, &name, now)
+                })?;
                 Ok(Reply::Done)
             }
             Request::ChangePassword { name, new_password } => {
                 let pw = password(&new_password);
-                self.command(session, |e, now| {
+                self.command(session, approval, |e, now| {
                     e.change_password(session, &name, &pw, now)
                 })?;
                 Ok(Reply::Done)
             }
             Request::GenerateKey { spec, attributes } => {
                 let spec = convert::key_spec(spec)?;
+                let (options, attributes) = convert::creation_options(&attributes)?;
                 let template = convert::template(&attributes)?;
-                let handles = self.change(session, |e, now| {
+                self.create(session, approval, options, |e, now| {
                     e.generate_key(session, spec, &template, now)
-                })?;
-                Ok(created(handles))
+                })
             }
             Request::GenerateKeyPair {
                 spec,
@@ -807,16 +978,16 @@ impl Hsm {
                 private,
             } => {
                 let spec = convert::key_spec(spec)?;
+                let (options, private) = convert::creation_options(&private)?;
                 let public = convert::template(&public)?;
                 let private = convert::template(&private)?;
-                let handles = self.change(session, |e, now| {
+                self.create(session, approval, options, |e, now| {
                     e.generate_key_pair(session, spec, &public, &private, now)
-                })?;
-                Ok(created(handles))
+                })
             }
             Request::ImportPublicKey { der, attributes } => {
                 let template = convert::template(&attributes)?;
-                let handles = self.change(session, |e, now| {
+                let handles = self.change(session, approval, |e, now| {
                     e.import_public_key(session, &der, &template, now)
                 })?;
                 Ok(created(handles))
@@ -830,8 +1001,9 @@ impl Hsm {
             } => {
                 let mechanism = convert::wrap_mechanism(mechanism)?;
                 let key_type = convert::key_type(key_type);
+                let (options, attributes) = convert::creation_options(&attributes)?;
                 let template = convert::template(&attributes)?;
-                let handles = self.change(session, |e, now| {
+                self.create(session, approval, options, |e, now| {
                     e.unwrap_key(
                         session,
                         KeyHandle(unwrapping),
@@ -841,8 +1013,7 @@ impl Hsm {
                         &template,
                         now,
                     )
-                })?;
-                Ok(created(handles))
+                })
             }
             Request::DeriveKey {
                 base,
@@ -853,7 +1024,7 @@ impl Hsm {
                 let mechanism = convert::kdf(mechanism);
                 let spec = convert::key_spec(spec)?;
                 let template = convert::template(&attributes)?;
-                let handles = self.change(session, |e, now| {
+                let handles = self.change(session, approval, |e, now| {
                     e.derive_key(session, KeyHandle(base), &mechanism, spec, &template, now)
                 })?;
                 Ok(created(handles))
@@ -887,25 +1058,25 @@ impl Hsm {
             }
             Request::SetAttributes { handle, changes } => {
                 let changes = convert::changes(&changes)?;
-                self.change(session, |e, now| {
+                self.change(session, approval, |e, now| {
                     e.set_attributes(session, KeyHandle(handle), &changes, now)
                 })?;
                 Ok(Reply::Done)
             }
             Request::ShareKey { handle, user } => {
-                self.command(session, |e, now| {
+                self.command(session, approval, |e, now| {
                     e.share_key(session, KeyHandle(handle), &user, now)
                 })?;
                 Ok(Reply::Done)
             }
             Request::UnshareKey { handle, user } => {
-                self.command(session, |e, now| {
+                self.command(session, approval, |e, now| {
                     e.unshare_key(session, KeyHandle(handle), &user, now)
                 })?;
                 Ok(Reply::Done)
             }
             Request::DeleteKey { handle } => {
-                self.change(session, |e, now| {
+                self.change(session, approval, |e, now| {
                     e.delete_key(session, KeyHandle(handle), now)
                 })?;
                 Ok(Reply::Done)
@@ -916,12 +1087,10 @@ impl Hsm {
                 handle,
             } => {
                 let mechanism = convert::wrap_mechanism(mechanism)?;
-                let wrapped = self
-                    .read()?
-                    .engine()
-                    .wrap_key(session, KeyHandle(wrapping), mechanism, KeyHandle(handle))
-                    .map_err(engine_error)?;
-                Ok(Reply::Data(wrapped))
+                let wrap = |e: &mut Engine| {
+                    e.wrap_key(session, KeyHandle(wrapping), mechanism, KeyHandle(handle))
+                };
+                self.read_approved(session, approval, wrap).map(Reply::Data)
             }
             Request::Sign {
                 handle,
@@ -929,11 +1098,16 @@ impl Hsm {
                 data,
             } => {
                 let mechanism = convert::sign_mechanism(mechanism);
-                self.read()?
-                    .engine()
-                    .sign(session, KeyHandle(handle), mechanism, &data)
-                    .map(Reply::Data)
-                    .map_err(engine_error)
+                if approval.is_none() {
+                    return self
+                        .read()?
+                        .engine()
+                        .sign(session, KeyHandle(handle), mechanism, &data)
+                        .map(Reply::Data)
+                        .map_err(engine_error);
+                }
+                let sign = |e: &mut Engine| e.sign(session, KeyHandle(handle), mechanism, &data);
+                self.read_approved(session, approval, sign).map(Reply::Data)
             }
             Request::Verify {
                 handle,
@@ -972,6 +1146,112 @@ impl Hsm {
                 .random(session, len as usize)
                 .map(Reply::Data)
                 .map_err(engine_error),
+            Request::AuditKey { hsm_id } => {
+                let key = self
+                    .read()?
+                    .engine()
+                    .audit_public_key(hsm_id)
+                    .map_err(engine_error)?;
+                Ok(public_key_reply(&key))
+            }
+            Request::RegisterQuorumKey { public_key } => {
+                self.command(session, approval, |e, now| {
+                    e.register_quorum_key(session, &public_key, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::ChangeMfa { name, public_key } => {
+                self.command(session, approval, |e, now| {
+                    e.change_mfa(session, &name, public_key.as_deref(), now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::GenerateQuorumToken { service, key } => {
+                let token = self
+                    .write()?
+                    .engine_mut()
+                    .generate_quorum_token(
+                        session,
+                        convert::quorum_service(service),
+                        key.map(KeyHandle),
+                        self.node_id,
+                        now(),
+                    )
+                    .map_err(engine_error)?;
+                Ok(Reply::QuorumToken(convert::quorum_token(
+                    token,
+                    self.node_id,
+                )))
+            }
+            Request::ListQuorumTokens => {
+                let tokens = self
+                    .read()?
+                    .engine()
+                    .list_quorum_tokens(session, now())
+                    .map_err(engine_error)?;
+                Ok(Reply::QuorumTokens(
+                    tokens
+                        .into_iter()
+                        .map(|t| convert::quorum_token(t, self.node_id))
+                        .collect(),
+                ))
+            }
+            Request::DeleteQuorumToken { id } => {
+                self.write()?
+                    .engine_mut()
+                    .delete_quorum_token(session, id)
+                    .map_err(engine_error)?;
+                Ok(Reply::Done)
+            }
+            Request::ListQuorumValues => {
+                let values = self
+                    .read()?
+                    .engine()
+                    .quorum_values(session)
+                    .map_err(engine_error)?;
+                Ok(Reply::QuorumValues(
+                    values
+                        .into_iter()
+                        .map(|(service, value)| proto::QuorumValue {
+                            service: convert::quorum_service_out(service),
+                            value,
+                        })
+                        .collect(),
+                ))
+            }
+            Request::SetQuorumValue { service, value } => {
+                let service = convert::quorum_service(service);
+                self.command(session, approval, |e, now| {
+                    e.set_quorum_value(session, service, value, now)
+                })?;
+                Ok(Reply::Done)
+            }
+            Request::Approved {
+                approval: presented,
+                request,
+            } => {
+                if approval.is_some() || matches!(*request, Request::Approved { .. }) {
+                    return Err(proto::Error::new(
+                        ErrorKind::InvalidInput,
+                        "approvals are given once per request",
+                    ));
+                }
+                let (service, key) = controlled(&request)?;
+                let approved = Approved {
+                    approvals: convert::approvals(presented),
+                    service,
+                    key,
+                };
+                self.dispatch(session, *request, Some(&approved))
+            }
+            Request::AuditHead => {
+                let head = self.audit.head();
+                Ok(Reply::AuditHead {
+                    hsm_id: self.node_id,
+                    sequence: head.as_ref().map(|(seq, _)| *seq),
+                    hash: head.map(|(_, hash)| hash).unwrap_or_default(),
+                })
+            }
             // Answered by the server on their own task (see `change_membership`).
             Request::AddNode { .. } | Request::RemoveNode { .. } => Err(proto::Error::new(
                 ErrorKind::BadRequest,

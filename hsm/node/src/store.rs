@@ -12,6 +12,7 @@ const META: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("meta");
 const USERS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("keys");
 const TOMBSTONES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("tombstones");
+const QUORUM: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("quorum");
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("log");
 /// The replicated state machine's own record (last applied raft log id, membership).
 const MACHINE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_machine");
@@ -25,6 +26,7 @@ fn definition(table: Table) -> TableDefinition<'static, u64, &'static [u8]> {
         Table::Users => USERS,
         Table::Keys => KEYS,
         Table::Tombstones => TOMBSTONES,
+        Table::Quorum => QUORUM,
     }
 }
 

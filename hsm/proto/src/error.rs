@@ -64,6 +64,9 @@ pub enum ErrorKind {
     VerifyFailed,
     /// The operation failed for another reason the message explains.
     Failed,
+    /// A quorum-controlled operation lacked approvals, or its token or approvals were refused
+    /// (CloudHSM's "Quorum Failed").
+    QuorumFailed,
 }
 
 impl ErrorKind {
@@ -93,6 +96,7 @@ impl ErrorKind {
             Self::LimitReached => "limit-reached",
             Self::VerifyFailed => "verify-failed",
             Self::Failed => "failed",
+            Self::QuorumFailed => "quorum-failed",
         }
     }
 }

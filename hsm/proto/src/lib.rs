@@ -33,8 +33,8 @@ pub use frame::{
     length_codec, negotiate,
 };
 pub use message::{
-    AttributeValue, ClusterInfo, Health, Hello, KeyInfo, Member, RaftRpc, Reply, Request, UserInfo,
-    Welcome,
+    Approval, ApprovalSignature, AttributeValue, ClusterInfo, Health, Hello, KeyInfo, Member,
+    QuorumService, QuorumToken, QuorumValue, RaftRpc, Reply, Request, UserInfo, Welcome,
 };
 pub use types::{
     Curve, EncryptMechanism, HashAlg, KdfMechanism, KeySpec, KeyType, OaepHash, ParseError, Role,

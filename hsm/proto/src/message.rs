@@ -391,6 +391,156 @@ pub enum Request {
         /// The encoded openraft request.
         payload: Vec<u8>,
     },
+    /// The public half of node `hsm_id`'s audit key, which seals its audit records (no login
+    /// needed). Answered with [`Reply::PublicKey`].
+    AuditKey {
+        /// The node.
+        hsm_id: u32,
+    },
+    /// This node's last audit record: its sequence number and hash (no login needed).
+    AuditHead,
+    /// Registers the logged-in user's RSA public key (2048 bits or more, DER
+    /// SubjectPublicKeyInfo) for quorum approvals: the key their approvals are checked with.
+    RegisterQuorumKey {
+        /// The key.
+        public_key: Vec<u8>,
+    },
+    /// Turns MFA (token-sign) on for a user with its RSA public key (which is also registered
+    /// for quorum), or off (`None`). One's own, or a crypto officer for anyone.
+    ChangeMfa {
+        /// The user.
+        name: String,
+        /// The key, or none to turn MFA off.
+        public_key: Option<Vec<u8>>,
+    },
+    /// Second step of a login with MFA: the signature of the challenge that
+    /// [`Reply::MfaChallenge`] carried (RSA PKCS#1 v1.5 with SHA-256, as
+    /// `openssl dgst -sha256 -sign` makes).
+    LoginMfa {
+        /// The signature.
+        signature: Vec<u8>,
+    },
+    /// A quorum token for `service` (and, for the key services, `key`), valid on this node, in
+    /// this session, for 10 minutes and one use.
+    GenerateQuorumToken {
+        /// The service.
+        service: QuorumService,
+        /// The key, for `key-management` and `key-usage`.
+        key: Option<u64>,
+    },
+    /// The live quorum tokens of this node.
+    ListQuorumTokens,
+    /// Deletes a token (its requester's, or any as a crypto officer).
+    DeleteQuorumToken {
+        /// The token's id.
+        id: u64,
+    },
+    /// The quorum values of the admin services.
+    ListQuorumValues,
+    /// Sets an admin service's quorum value (crypto officers; approved at the `quorum`
+    /// service's current value when it is 2 or more).
+    SetQuorumValue {
+        /// `user` or `quorum`.
+        service: QuorumService,
+        /// M, 1 (off) to 8.
+        value: u8,
+    },
+    /// `request`, with the approvals of a quorum token.
+    Approved {
+        /// The token and its approvals.
+        approval: Approval,
+        /// The controlled request.
+        request: Box<Request>,
+    },
+}
+
+/// A quorum-controlled service (CloudHSM's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum QuorumService {
+    /// Admin: user create, delete, change-password, change-mfa.
+    User,
+    /// Admin: set-quorum-value.
+    Quorum,
+    /// Crypto user, per key: wrap, unwrap, share, unshare, set-attribute.
+    KeyManagement,
+    /// Crypto user, per key: sign.
+    KeyUsage,
+}
+
+impl QuorumService {
+    /// Every service.
+    pub const ALL: [Self; 4] = [
+        Self::User,
+        Self::Quorum,
+        Self::KeyManagement,
+        Self::KeyUsage,
+    ];
+
+    /// CloudHSM's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Quorum => "quorum",
+            Self::KeyManagement => "key-management",
+            Self::KeyUsage => "key-usage",
+        }
+    }
+
+    /// The service named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether it is a per-key (crypto user) service.
+    pub fn per_key(self) -> bool {
+        matches!(self, Self::KeyManagement | Self::KeyUsage)
+    }
+}
+
+/// A quorum token as the node issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumToken {
+    /// Its id on the node.
+    pub id: u64,
+    /// The node that issued it (and checks it).
+    pub hsm_id: u32,
+    /// The service.
+    pub service: QuorumService,
+    /// The key, for the key services.
+    pub key: Option<u64>,
+    /// Who asked for it.
+    pub user: String,
+    /// What approvers sign (`openssl dgst -sha256 -sign KEY.pem approval_data`).
+    pub approval_data: Vec<u8>,
+    /// When it expires (milliseconds since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// The approvals presented with a controlled request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The token's id.
+    pub token: u64,
+    /// One signature of its approval data per approver.
+    pub signatures: Vec<ApprovalSignature>,
+}
+
+/// One approver's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalSignature {
+    /// The approver.
+    pub user: String,
+    /// RSA PKCS#1 v1.5 with SHA-256 of the token's approval data.
+    pub signature: Vec<u8>,
+}
+
+/// An admin service's quorum value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumValue {
+    /// The service.
+    pub service: QuorumService,
+    /// M (1: no approval needed).
+    pub value: u8,
 }
 
 /// The raft calls between nodes.
@@ -473,12 +623,44 @@ impl Request {
             | Self::Random { .. }
             | Self::AddNode { .. }
             | Self::RemoveNode { .. }
-            | Self::Raft { .. } => &[],
+            | Self::Raft { .. }
+            | Self::AuditKey { .. }
+            | Self::AuditHead
+            | Self::RegisterQuorumKey { .. }
+            | Self::ChangeMfa { .. }
+            | Self::LoginMfa { .. }
+            | Self::ListQuorumTokens
+            | Self::DeleteQuorumToken { .. }
+            | Self::ListQuorumValues
+            | Self::SetQuorumValue { .. } => &[],
+            Self::GenerateQuorumToken { key, .. } => return key.filter(|k| k & SESSION_BIT != 0),
+            Self::Approved { request, .. } => return request.session_handle(),
         };
         handles
             .iter()
             .copied()
             .find(|handle| handle & SESSION_BIT != 0)
+    }
+
+    /// The quorum service (and key) that controls this request, if any: what a token for its
+    /// approval must name ([`Request::Approved`]).
+    pub fn quorum_control(&self) -> Option<(QuorumService, Option<u64>)> {
+        match self {
+            Self::CreateUser { .. }
+            | Self::DeleteUser { .. }
+            | Self::ChangePassword { .. }
+            | Self::ChangeMfa { .. } => Some((QuorumService::User, None)),
+            Self::SetQuorumValue { .. } => Some((QuorumService::Quorum, None)),
+            Self::ShareKey { handle, .. }
+            | Self::UnshareKey { handle, .. }
+            | Self::SetAttributes { handle, .. }
+            | Self::WrapKey { handle, .. } => Some((QuorumService::KeyManagement, Some(*handle))),
+            Self::UnwrapKey { unwrapping, .. } => {
+                Some((QuorumService::KeyManagement, Some(*unwrapping)))
+            }
+            Self::Sign { handle, .. } => Some((QuorumService::KeyUsage, Some(*handle))),
+            _ => None,
+        }
     }
 
     /// A short name for logs and metrics.
@@ -516,6 +698,17 @@ impl Request {
             Self::AddNode { .. } => "add-node",
             Self::RemoveNode { .. } => "remove-node",
             Self::Raft { .. } => "raft",
+            Self::AuditKey { .. } => "audit-key",
+            Self::AuditHead => "audit-head",
+            Self::RegisterQuorumKey { .. } => "register-quorum-key",
+            Self::ChangeMfa { .. } => "change-mfa",
+            Self::LoginMfa { .. } => "login-mfa",
+            Self::GenerateQuorumToken { .. } => "generate-quorum-token",
+            Self::ListQuorumTokens => "list-quorum-tokens",
+            Self::DeleteQuorumToken { .. } => "delete-quorum-token",
+            Self::ListQuorumValues => "list-quorum-values",
+            Self::SetQuorumValue { .. } => "set-quorum-value",
+            Self::Approved { .. } => "approved",
         }
     }
 }
@@ -565,6 +758,27 @@ pub enum Reply {
     Raft(Vec<u8>),
     /// Answer to [`Request::AddNode`] and [`Request::RemoveNode`]: the membership after it.
     Members(Vec<Member>),
+    /// Answer to [`Request::AuditHead`].
+    AuditHead {
+        /// The node.
+        hsm_id: u32,
+        /// Its last record's sequence number (none before the first).
+        sequence: Option<u64>,
+        /// That record's hash (hex).
+        hash: String,
+    },
+    /// Answer to [`Request::Login`] for a user with MFA: sign `challenge` (RSA PKCS#1 v1.5
+    /// with SHA-256) with the registered key and send [`Request::LoginMfa`].
+    MfaChallenge {
+        /// What to sign.
+        challenge: Vec<u8>,
+    },
+    /// Answer to [`Request::GenerateQuorumToken`].
+    QuorumToken(QuorumToken),
+    /// Answer to [`Request::ListQuorumTokens`].
+    QuorumTokens(Vec<QuorumToken>),
+    /// Answer to [`Request::ListQuorumValues`].
+    QuorumValues(Vec<QuorumValue>),
 }
 
 #[cfg(test)]
