@@ -174,7 +174,13 @@ fn approve(shell: &mut Shell, dir: &Path, file: &str, approvers: &[(&str, &Path)
 
 /// A one-node cluster, activated, with crypto officer co2 and crypto users cu1, cu2.
 fn cluster() -> Cluster {
+    cluster_with(|_| {})
+}
+
+/// [`cluster`], with the node's limits edited before it starts.
+fn cluster_with(edit: impl FnOnce(&mut sealgate_hsm_node::LimitsSection)) -> Cluster {
     let mut cluster = Cluster::init(1);
+    cluster.set_limits(1, edit);
     cluster.start(1);
     cluster.activate();
     cluster.create_user(CO2.0, "co", CO2.1);
@@ -355,6 +361,46 @@ fn user_management_needs_two_approvals_once_m_is_two() {
             && l.contains("by admin, co2")),
         "{audit}"
     );
+    shell.exit();
+}
+
+#[test]
+fn an_expired_token_is_refused() {
+    // Tokens live 1 s on this node (node.toml [limits] quorum_token_secs; 600 by default).
+    let cluster = cluster_with(|l| l.quorum_token_secs = 1);
+    let dir = cluster.root.path().to_owned();
+    let (admin_key, admin_pub) = rsa_pair(&dir, "admin");
+    let (co2_key, co2_pub) = rsa_pair(&dir, "co2");
+    let admin = ("admin", CO_PASSWORD);
+    register(&cluster, admin, &admin_pub);
+    register(&cluster, CO2, &co2_pub);
+    let v = cluster.sg_json(
+        Some(admin),
+        &[
+            "quorum",
+            "token",
+            "set-value",
+            "--service",
+            "user",
+            "--value",
+            "2",
+        ],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let mut shell = Shell::start(
+        &cluster,
+        admin,
+        &[("SEALGATE_NEW_PASSWORD", "new-user-password-1")],
+    );
+    shell.ok("quorum token generate --service user --out t.json");
+    approve(
+        &mut shell,
+        &dir,
+        "t.json",
+        &[("admin", &admin_key), ("co2", &co2_key)],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    shell.refused("user delete --name cu1 --approval t.json", "expired");
     shell.exit();
 }
 

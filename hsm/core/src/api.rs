@@ -106,6 +106,8 @@ pub struct EngineConfig {
     pub max_session_keys: usize,
     /// Largest input to one crypto operation, in bytes.
     pub max_data_len: usize,
+    /// How long a quorum token lives on this node, in milliseconds (CloudHSM: 10 minutes).
+    pub quorum_token_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +117,7 @@ impl Default for EngineConfig {
             max_sessions: 4096,
             max_session_keys: 1024,
             max_data_len: 64 * 1024,
+            quorum_token_ms: crate::TOKEN_LIFETIME_MS,
         }
     }
 }

@@ -29,7 +29,7 @@ use std::fmt;
 pub const MAX_QUORUM: u8 = 8;
 /// Live tokens per node.
 pub const MAX_TOKENS: usize = 1024;
-/// How long a token lives, in milliseconds.
+/// How long a token lives by default, in milliseconds (`EngineConfig::quorum_token_ms`).
 pub const TOKEN_LIFETIME_MS: u64 = 10 * 60 * 1000;
 /// How long a login waits for its MFA signature, in milliseconds.
 pub const MFA_LIFETIME_MS: u64 = 10 * 60 * 1000;
@@ -525,7 +525,7 @@ impl Engine {
         let id = self.tokens.next;
         let nonce = hex::encode(sealgate_hsm_crypto::random_bytes(16)?);
         let user = self.user_name(requester);
-        let expires = Timestamp(now.0.saturating_add(TOKEN_LIFETIME_MS));
+        let expires = Timestamp(now.0.saturating_add(self.config().quorum_token_ms));
         let cluster = self
             .cluster_uid()
             .map(|u| u.to_string())

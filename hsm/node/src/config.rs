@@ -167,6 +167,8 @@ pub struct LimitsSection {
     /// Seconds a client may leave answers unread (a write that cannot proceed) before the node
     /// closes its connection.
     pub write_timeout_secs: u64,
+    /// Seconds a quorum token lives (1 to 86400; CloudHSM's default, 600).
+    pub quorum_token_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -181,6 +183,7 @@ impl Default for LimitsSection {
             handshake_timeout_secs: 5,
             shutdown_grace_secs: 10,
             write_timeout_secs: 30,
+            quorum_token_secs: 600,
         }
     }
 }
@@ -312,6 +315,12 @@ impl NodeConfig {
             return Err(invalid(
                 "limits.write_timeout_secs",
                 "must be greater than 0",
+            ));
+        }
+        if !(1..=86_400).contains(&limits.quorum_token_secs) {
+            return Err(invalid(
+                "limits.quorum_token_secs",
+                "must be between 1 and 86400",
             ));
         }
         if limits.handshake_timeout_secs == 0 {

@@ -224,6 +224,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })?;
     let engine_config = EngineConfig {
         max_sessions: config.limits.max_sessions,
+        quorum_token_ms: config.limits.quorum_token_secs.saturating_mul(1000),
         ..EngineConfig::default()
     };
     let database = store.database();
