@@ -690,11 +690,15 @@ impl Hsm {
                 .iter()
                 .map(|s| s.user.as_str())
                 .collect();
-            let approved = format!(
-                "with the approvals of quorum token {} by {}",
-                approval.token,
-                approvers.join(", ")
-            );
+            let approved = if approvers.is_empty() {
+                format!("with quorum token {} and no approvals", approval.token)
+            } else {
+                format!(
+                    "with the approvals of quorum token {} by {}",
+                    approval.token,
+                    approvers.join(", ")
+                )
+            };
             entry.detail = Some(match entry.detail.take() {
                 Some(d) => format!("{d}; {approved}"),
                 None => approved,
