@@ -1,6 +1,11 @@
-//! One connection to one node: TCP, mutual TLS 1.3, hello, then a writer task that batches
-//! frames and a reader task that hands each answer to the request with its id (many requests
+//! One connection to one node: TCP, mutual TLS 1.3, hello, then frames written by the callers
+//! themselves (the first to find the writer free writes every frame queued meanwhile, in one
+//! flush) and a reader task that hands each answer to the request with its id (many requests
 //! in flight, answered in any order).
+//!
+//! Writing on the caller's own task, rather than handing each frame to a writer task, saves a
+//! thread wake-up per request: for a caller blocked on the answer (the proxy's handshake
+//! signer), the write and the wait for the answer are the only steps.
 //!
 //! When the connection ends (the node closed it, a read or write failed, or the client closed
 //! it) every request still waiting fails at once, so callers can fail over without waiting for
@@ -22,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
@@ -165,10 +170,66 @@ impl Drop for Unsent<'_> {
     }
 }
 
+/// The write side: the framed TLS writer, and the frames queued while another caller writes.
+struct Outbox {
+    sink: tokio::sync::Mutex<Writer>,
+    queue: Mutex<Vec<Bytes>>,
+}
+
+/// Shuts the connection down if a write stops half way (its future dropped): the stream may
+/// hold half a frame, and frames other callers queued were taken and not written.
+struct Writing<'a> {
+    state: &'a State,
+    done: bool,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state
+                .shutdown(|| "a write was interrupted (its caller gave up)".to_owned());
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues `frame` and writes every queued frame if no other caller is writing; a caller
+    /// that is writing takes the new frames before it lets the writer go, and looks again
+    /// after, so no frame is left behind.
+    async fn send(&self, frame: Bytes, state: &State) -> std::io::Result<()> {
+        lock(&self.queue).push(frame);
+        loop {
+            let Ok(mut sink) = self.sink.try_lock() else {
+                return Ok(());
+            };
+            let mut writing = Writing { state, done: false };
+            let written: std::io::Result<()> = async {
+                loop {
+                    let frames = std::mem::take(&mut *lock(&self.queue));
+                    if frames.is_empty() {
+                        return Ok(());
+                    }
+                    for frame in frames {
+                        sink.feed(frame).await?;
+                    }
+                    SinkExt::<Bytes>::flush(&mut *sink).await?;
+                }
+            }
+            .await;
+            writing.done = true;
+            written?;
+            drop(sink);
+            if lock(&self.queue).is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// An open, welcomed connection to one node.
 pub(crate) struct Connection {
     state: Arc<State>,
-    frames: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
     next_id: AtomicU64,
     max_frame_len: usize,
     max_in_flight: usize,
@@ -277,20 +338,23 @@ impl Connection {
             reason: Mutex::new(None),
             seen,
         });
-        let (frames, queue) = mpsc::channel(max_in_flight.saturating_add(8).min(4096));
         // The hello was read through `transport`; keep whatever it buffered after the welcome.
         let parts = transport.into_parts();
         let (read, write) = tokio::io::split(parts.io);
         let mut stream = FramedRead::new(read, proto::length_codec(MAX_RESPONSE_LEN));
         *stream.read_buffer_mut() = parts.read_buf;
         let sink = FramedWrite::new(write, proto::length_codec(max_frame_len));
+        let outbox = Arc::new(Outbox {
+            sink: tokio::sync::Mutex::new(sink),
+            queue: Mutex::new(Vec::new()),
+        });
         let tasks = vec![
-            tokio::spawn(write_frames(sink, queue, Arc::clone(&state))),
+            tokio::spawn(close_when_done(Arc::clone(&outbox), Arc::clone(&state))),
             tokio::spawn(read_answers(stream, Arc::clone(&state))),
         ];
         Self {
             state,
-            frames,
+            outbox,
             next_id: AtomicU64::new(HELLO_ID + 1),
             max_frame_len,
             max_in_flight,
@@ -341,10 +405,18 @@ impl Connection {
             state: &self.state,
             id: Some(id),
         };
-        match timeout_at(deadline, self.frames.send(body)).await {
-            Err(_) => return Err(Failure::Timeout { sent: false }),
-            Ok(Err(_)) => return Err(Failure::NotSent),
-            Ok(Ok(())) => unsent.id = None,
+        if self.state.closed.is_cancelled() {
+            return Err(Failure::NotSent);
+        }
+        // Queued, the frame is on its way: written by this caller or by the one writing now.
+        unsent.id = None;
+        match timeout_at(deadline, self.outbox.send(body, &self.state)).await {
+            Err(_) => return Err(Failure::Timeout { sent: true }),
+            Ok(Err(e)) => {
+                self.state.shutdown(|| format!("write failed: {e}"));
+                return Err(Failure::Lost);
+            }
+            Ok(Ok(())) => {}
         }
         match timeout_at(deadline, receiver).await {
             Err(_) => Err(Failure::Timeout { sent: true }),
@@ -389,36 +461,13 @@ impl Connection {
     }
 }
 
-/// Sends frames in batches: every frame queued while the last write was in progress goes out
-/// in the next write (one flush).
-async fn write_frames(mut sink: Writer, mut queue: mpsc::Receiver<Bytes>, state: Arc<State>) {
-    loop {
-        let frame = tokio::select! {
-            biased;
-            () = state.closed.cancelled() => break,
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        let batch = async {
-            sink.feed(frame).await?;
-            while let Ok(more) = queue.try_recv() {
-                sink.feed(more).await?;
-            }
-            SinkExt::<Bytes>::flush(&mut sink).await
-        };
-        let written = tokio::select! {
-            () = state.closed.cancelled() => break,
-            written = batch => written,
-        };
-        if let Err(e) = written {
-            state.shutdown(|| format!("write failed: {e}"));
-            break;
-        }
+/// Once the connection ends, politely ends TLS (close_notify), but never hangs on a node that
+/// stopped reading or on a write that does not finish.
+async fn close_when_done(outbox: Arc<Outbox>, state: Arc<State>) {
+    state.closed.cancelled().await;
+    if let Ok(mut sink) = tokio::time::timeout(CLOSE_GRACE, outbox.sink.lock()).await {
+        let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::<Bytes>::close(&mut *sink)).await;
     }
-    // Politely end TLS (close_notify), but never hang on a node that stopped reading.
-    let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::<Bytes>::close(&mut sink)).await;
 }
 
 /// Hands each answer to the request with its id, until the connection ends.
