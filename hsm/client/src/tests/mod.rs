@@ -58,6 +58,43 @@ fn status(client: &Client, id: u32) -> NodeStatus {
     client.nodes().into_iter().find(|n| n.id == id).unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_writing_at_once_on_threads_strand_no_frame() {
+    // Callers write their own frames; whoever holds the writer writes the others' too. Many
+    // callers on several threads at once: every request is written and answered (a stranded
+    // frame would be a request that times out).
+    within(async {
+        let pki = Pki::new();
+        let node = FakeNode::start(1, &pki).await;
+        // No health checks, whose frames would carry a stranded one along.
+        let mut config = pki.config(&[&node]);
+        config.health_interval = Duration::from_secs(3600);
+        let client = Client::connect(config, alice(PASSWORD)).await.unwrap();
+        // Rounds of 8 callers sending one request each at the same moment, then nothing:
+        // a frame queued behind another caller's write and left there would never be sent.
+        for round in 0..100u32 {
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+            let tasks: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let (client, barrier) = (client.clone(), std::sync::Arc::clone(&barrier));
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let tag = t.wrapping_add(round as u8);
+                        let reply = client.call_on(1, digest(0, tag)).await.unwrap();
+                        assert_eq!(data(reply), vec![1, 0, tag]);
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+        assert_eq!(node.ctl.count("digest"), 800);
+        client.close().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_out_of_order_on_one_connection() {
     within(async {
