@@ -390,19 +390,22 @@ pub fn start_listening(
         .stderr(log_file)
         .spawn()
         .expect("spawn sealgate");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.split(marker).nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
+    let lines = line_reader(child.stdout.take().expect("stdout"));
+    let deadline = Instant::now() + timeout;
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = line.split(marker).nth(1) {
+                    break Some(addr.trim().to_owned());
+                }
             }
+            Err(_) => break None,
         }
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(a) => (child, a.parse().expect("listening address")),
-        Err(_) => {
+    };
+    match found {
+        Some(a) => (child, a.parse().expect("listening address")),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -426,14 +429,7 @@ pub fn start_dev(dir: &Path, log: &Path) -> (Child, Vec<String>) {
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("spawn sealgate serve --dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_reader(child.stdout.take().expect("stdout"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut output = Vec::new();
     while !output.iter().any(|l: &String| l.starts_with("try: curl")) {
@@ -519,16 +515,15 @@ impl Drop for NodeProcess {
     }
 }
 
-/// The lines `stream` yields, read on their own thread (a reader that blocks cannot hold a
-/// test up: receive them with a timeout).
+/// The lines `stream` yields, read on their own thread until it ends (a reader that blocks
+/// cannot hold a test up: receive them with a timeout). Lines keep being read after the
+/// receiver is gone, so the writing process never blocks on a full pipe.
 pub fn line_reader(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     lines
