@@ -10,6 +10,14 @@
 //! otherwise). Passwords are never taken from the command line.
 #![forbid(unsafe_code)]
 
+/// jemalloc for serve and the nodes: both run many threads (runtime workers, a thread per
+/// handshake waiting for its signature, crypto threads), where glibc's malloc spent 11 % of
+/// serve's CPU in full handshakes (`malloc_consolidate`, arena locks). Measured side by side
+/// (BENCHMARKS.md, "Allocator"): serve with glibc took 1.06–1.16× the CPU per ECDSA handshake
+/// and 1.12× per keep-alive request of serve with jemalloc; mimalloc did worse than glibc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod audit;
 mod cert;
 mod cluster;
