@@ -198,7 +198,9 @@ GOALS = {"ecdsa-hs": "≤ 0.6×", "rsa-hs": "≤ 0.9×", "h1-keepalive": "≤ 0.
          "h2-keepalive": "≤ 0.9×"}
 NAMES = {"ecdsa-hs": "full handshakes, ECDSA P-256", "rsa-hs": "full handshakes, RSA-2048",
          "h1-keepalive": "HTTP/1.1 keep-alive", "h2-keepalive": "HTTP/2",
-         "variant": "ECDSA handshakes: default serve (A) / variant (B)"}
+         "variant": "ECDSA handshakes: default serve (A) / variant (B)",
+         "variant-keepalive": "HTTP/1.1 keep-alive: default serve (A) / variant (B)"}
+VARIANTS = {"variant": "handshake", "variant-keepalive": "request"}
 
 
 def mmm(spread, fmt, bold=True):
@@ -229,7 +231,7 @@ def report(directory):
     and the load generators' CPU (tools.jsonl)."""
     scenarios = [n for n in NAMES if os.path.exists(os.path.join(directory, n + ".json"))]
     data = {n: json.load(open(os.path.join(directory, n + ".json"))) for n in scenarios}
-    main = [n for n in scenarios if n != "variant"]
+    main = [n for n in scenarios if n not in VARIANTS]
     if main:
         print("### Server CPU per request, sealgate / nginx (min / **median** / max over "
               "the rounds; ratios per round)\n")
@@ -246,14 +248,16 @@ def report(directory):
                   f"| {mmm(rps['ratio'], f2)} | {f0(rps['b']['median'])} "
                   f"| {f0(rps['a']['median'])} | {mmm(p99['ratio'], f2)} "
                   f"| {ms(p99['b']['median'])} ms | {ms(p99['a']['median'])} ms |")
-    if "variant" in data:
-        d = data["variant"]
+    for name, unit in VARIANTS.items():
+        if name not in data:
+            continue
+        d = data[name]
         f = d["figures"]
-        print(f"\n### {NAMES['variant']}: B = {d['b']['name']}\n")
+        print(f"\n### {NAMES[name]}: B = {d['b']['name']}\n")
         print("| figure | default | variant | variant / default |")
         print("|---|---|---|---|")
-        for key, label, fmt in (("server_cpu_us_per_request", "server CPU per handshake, µs", f1),
-                                ("throughput_rps", "handshakes/s", f0),
+        for key, label, fmt in (("server_cpu_us_per_request", f"server CPU per {unit}, µs", f1),
+                                ("throughput_rps", f"{unit}s/s", f0),
                                 ("latency_us.p99", "p99, µs", f0)):
             print(f"| {label} | {mmm(f[key]['a'], fmt, False)} | {mmm(f[key]['b'], fmt, False)} "
                   f"| {mmm(f[key]['ratio'], f2)} |")

@@ -37,11 +37,12 @@
 # Usage: loadtest/bench/compare-nginx.sh [SECONDS] [ROUNDS]     (defaults: 8 seconds, 3 rounds)
 #   Prints the markdown tables (loadtest/bench/bench.py report).
 # SEALGATE_BENCH_SCENARIOS="…": scenarios to run, of ecdsa-hs rsa-hs h1-keepalive h2-keepalive
-#   tools variant (default: all but variant).
-# SEALGATE_BENCH_VARIANT="NAME [ENV=VALUE…]" (with the scenario `variant`): a second serve with
-#   that environment (and SEALGATE_BENCH_VARIANT_BIN=FILE: from another sealgate binary),
-#   compared with the first on ECDSA handshakes; default: the other handshake driver
-#   (SEALGATE_HANDSHAKE_DRIVER=offload).
+#   tools variant variant-keepalive (default: all but the variants).
+# SEALGATE_BENCH_VARIANT="NAME [ENV=VALUE…]" (with the scenario `variant` or
+#   `variant-keepalive`): a second serve with that environment (and
+#   SEALGATE_BENCH_VARIANT_BIN=FILE: from another sealgate binary), compared with the first on
+#   ECDSA handshakes (`variant`) or HTTP/1.1 keep-alive requests (`variant-keepalive`, as
+#   h1-keepalive); default: the other handshake driver (SEALGATE_HANDSHAKE_DRIVER=offload).
 # SEALGATE_BENCH_PERF=DIR: afterwards, one ECDSA-handshake and one HTTP/1.1 keep-alive run of
 #   sealgate under `perf record -g` (serve and the nodes); summaries written to DIR.
 # SEALGATE_BENCH_KEEP=DIR: copy the compare JSON files to DIR.
@@ -246,7 +247,7 @@ start_serve() { # BINARY CONFIG NAME [ENV=VALUE…]: sets started to the serve p
 }
 start_serve "$sg" "$dir/sealgate.toml" serve
 serve_pid=$started
-if [[ $scenarios == *" variant "* ]]; then
+if [[ $scenarios == *" variant"* ]]; then
     sg_config "$sg_var" >"$dir/sealgate-variant.toml"
     start_serve "${variant_bin:-$sg}" "$dir/sealgate-variant.toml" serve-variant "${variant[@]:1}"
     variant_pid=$started
@@ -305,16 +306,20 @@ compare rsa-hs "$ng_rsa" "$sg_rsa" rsa "${hs[@]}"
 compare h1-keepalive "$ng_ec" "$sg_ec" ec keepalive -c 16
 compare h2-keepalive "$ng_ec" "$sg_ec" ec keepalive --http2 -c 4 --streams 16
 
-if [[ $scenarios == *" variant "* ]]; then
+variant_compare() { # NAME MODE [mode options…]: the default serve (A) against the variant (B)
+    local name=$1; shift
+    [[ $scenarios == *" $name "* ]] || return 0
     timeout "$run_limit" "$lt" compare --rounds "$rounds" \
         --a "https://127.0.0.1:$sg_ec/" --a-name default --a-pid "$serve_pid" \
         $(printf -- '--a-pid %s ' "${node_pids[@]}") \
         --b "https://127.0.0.1:$sg_var/" --b-name "${variant[0]}" --b-pid "$variant_pid" \
         $(printf -- '--b-pid %s ' "${node_pids[@]}") \
-        --max-error-rate 0 --json "$out/variant.json" \
-        "${hs[@]}" --cacert "$dir/ec.pem" --warmup 2 --duration "$secs" >"$dir/variant.txt"
-    echo "variant: done"
-fi
+        --max-error-rate 0 --json "$out/$name.json" \
+        "$@" --cacert "$dir/ec.pem" --warmup 2 --duration "$secs" >"$dir/$name.txt"
+    echo "$name: done"
+}
+variant_compare variant "${hs[@]}"
+variant_compare variant-keepalive keepalive -c 16
 
 # --- the load generators' own CPU: h2load against sealgate-loadtest --------------------------
 if [[ $scenarios == *" tools "* ]]; then
