@@ -20,6 +20,9 @@
 # ROUNDS rounds, SECONDS measured per run after a 2 s warm-up):
 #   ecdsa-hs       handshake -c 64: one new TLS connection and full handshake per request, P-256
 #   rsa-hs         the same, RSA-2048
+#   ecdsa-resumed  handshake --resume -c 64: each request a new connection that resumes a TLS
+#                  1.3 session (no signature, no certificate); not run by default. Full minus
+#                  resumed is what the certificate and its signature cost each server.
 #   h1-keepalive   keepalive -c 16 (HTTP/1.1)
 #   h2-keepalive   keepalive --http2 -c 4 --streams 16
 # Server CPU = utime + stime of the measured processes and their descendants (nginx: the master
@@ -37,7 +40,8 @@
 # Usage: loadtest/bench/compare-nginx.sh [SECONDS] [ROUNDS]     (defaults: 8 seconds, 3 rounds)
 #   Prints the markdown tables (loadtest/bench/bench.py report).
 # SEALGATE_BENCH_SCENARIOS="…": scenarios to run, of ecdsa-hs rsa-hs h1-keepalive h2-keepalive
-#   tools variant variant-keepalive (default: all but the variants).
+#   ecdsa-resumed tools variant variant-keepalive (default: all but ecdsa-resumed and the
+#   variants).
 # SEALGATE_BENCH_VARIANT="NAME [ENV=VALUE…]" (with the scenario `variant` or
 #   `variant-keepalive`): a second serve with that environment (and
 #   SEALGATE_BENCH_VARIANT_BIN=FILE: from another sealgate binary), compared with the first on
@@ -289,10 +293,10 @@ compare() { # NAME NGINX_PORT SEALGATE_PORT CA MODE [mode options…]
         { cat "$dir/$name.txt"; python3 -c "import json,sys; [print(s, r[s]['errors'], r[s]['first_error']) for r in json.load(open(sys.argv[1]))['rounds'] for s in 'ab']" "$out/$name.json"; exit 1; }
     after=$($helper signs "$SEALGATE_CLUSTER")
     echo "$name: done; HSM signatures during it: $((after - before))"
-    python3 - "$out/$name.json" "$((after - before))" "$1" <<'EOF'
+    python3 - "$out/$name.json" "$((after - before))" "$*" <<'EOF'
 import json, sys
-report, signs, mode = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
-if mode == "handshake":
+report, signs, args = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3].split()
+if args[0] == "handshake" and "--resume" not in args:
     # Every sealgate connection (warm-ups included) made a full handshake and one signature.
     full = sum(r["b"]["tls_handshakes"] - r["b"]["tls_resumed"] for r in report["rounds"])
     resumed = sum(r["b"]["tls_resumed"] for r in report["rounds"])
@@ -303,6 +307,7 @@ EOF
 hs=(handshake -c 64)
 compare ecdsa-hs "$ng_ec" "$sg_ec" ec "${hs[@]}"
 compare rsa-hs "$ng_rsa" "$sg_rsa" rsa "${hs[@]}"
+compare ecdsa-resumed "$ng_ec" "$sg_ec" ec handshake --resume -c 64
 compare h1-keepalive "$ng_ec" "$sg_ec" ec keepalive -c 16
 compare h2-keepalive "$ng_ec" "$sg_ec" ec keepalive --http2 -c 4 --streams 16
 
