@@ -6,7 +6,8 @@
 # /proc (--server-pid). Both use the same (B's) sealgate-loadtest.
 #
 # Usage: loadtest/bench/sign-ab.sh A_SEALGATE B_SEALGATE [SECONDS] [ROUNDS]   (6 s, 3 rounds)
-# Env: SIGN_AB_PORTS="PORT_A PORT_B" (default "23100 23200"): the nodes' ports on 127.0.0.1.
+# Env: SIGN_AB_PORTS="PORT_A PORT_B" (default "23100 23200"): the nodes' ports on 127.0.0.1;
+#   SIGN_AB_CALLERS=N (default 16): concurrent callers (hsm-sign -c).
 # Prints one line per run and the medians; stops the nodes it started (by PID).
 set -euo pipefail
 a_bin=$(realpath "$1")
@@ -14,6 +15,7 @@ b_bin=$(realpath "$2")
 secs=${3:-6}
 rounds=${4:-3}
 read -r port_a port_b <<<"${SIGN_AB_PORTS:-23100 23200}"
+callers=${SIGN_AB_CALLERS:-16}
 loadtest=$(dirname "$b_bin")/sealgate-loadtest
 work=$(mktemp -d)
 pids=()
@@ -39,7 +41,7 @@ setup b "$b_bin" "$port_b"
 for round in $(seq "$rounds"); do
     for v in a b; do
         SEALGATE_USER=bench SEALGATE_PASSWORD=bench-pass-12 timeout $((secs + 60)) \
-            "$loadtest" hsm-sign --cluster "$work/$v/client.toml" --label sig -c 16 \
+            "$loadtest" hsm-sign --cluster "$work/$v/client.toml" --label sig -c "$callers" \
             -d "$secs" --warmup 1 --server-pid "$(cat "$work/$v/node.pid")" \
             --json "$work/$v-$round.json" >/dev/null
     done
