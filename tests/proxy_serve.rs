@@ -368,6 +368,25 @@ fn reload_with(serve: &Serve, file: &Path, text: &str, log: &Path, needle: &str)
     wait_for_log(log, mark, needle)
 }
 
+/// Adds a route for `/NAME` to a pool `NAME` of the upstream on `port` to serve's configuration
+/// in `data` (first, before the demo's route), applies it with SIGHUP, and returns the
+/// configuration as it was.
+fn add_route(serve: &Serve, data: &Path, log: &Path, name: &str, port: u16) -> String {
+    let config_file = data.join("sealgate.toml");
+    let original = std::fs::read_to_string(&config_file).unwrap();
+    let changed = original.replacen(
+        "[[proxy.routes]]",
+        &format!(
+            "[[proxy.routes]]\npath_prefix = \"/{name}\"\npool = \"{name}\"\n\n\
+             [[proxy.pools]]\nname = \"{name}\"\nservers = [\"127.0.0.1:{port}\"]\n\n\
+             [[proxy.routes]]"
+        ),
+        1,
+    );
+    reload_with(serve, &config_file, &changed, log, "reloaded on SIGHUP");
+    original
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
     let root = tempfile::tempdir().unwrap();
@@ -383,17 +402,7 @@ async fn sighup_applies_a_new_route_without_dropping_a_keepalive_connection() {
 
     // A new route for /other, to another pool: SIGHUP applies it to the open connection.
     let config_file = data.join("sealgate.toml");
-    let original = std::fs::read_to_string(&config_file).unwrap();
-    let changed = original.replacen(
-        "[[proxy.routes]]",
-        &format!(
-            "[[proxy.routes]]\npath_prefix = \"/other\"\npool = \"other\"\n\n\
-             [[proxy.pools]]\nname = \"other\"\nservers = [\"127.0.0.1:{other}\"]\n\n\
-             [[proxy.routes]]"
-        ),
-        1,
-    );
-    reload_with(&serve, &config_file, &changed, &log, "reloaded on SIGHUP");
+    let original = add_route(&serve, &data, &log, "other", other);
     let (status, body) = conn.get("/other").await;
     assert_eq!((status, body.as_str()), (200, "other upstream\n"));
     let (_, body) = conn.get("/").await;
@@ -455,17 +464,7 @@ async fn an_upgrade_is_passed_through_and_bytes_flow_both_ways() {
     let log = dir.join("serve.log");
     let mut serve = Serve::start(&data, &log);
     let echo = upgrade_echo_upstream();
-    let config_file = data.join("sealgate.toml");
-    let text = std::fs::read_to_string(&config_file).unwrap().replacen(
-        "[[proxy.routes]]",
-        &format!(
-            "[[proxy.routes]]\npath_prefix = \"/ws\"\npool = \"ws\"\n\n\
-             [[proxy.pools]]\nname = \"ws\"\nservers = [\"127.0.0.1:{echo}\"]\n\n\
-             [[proxy.routes]]"
-        ),
-        1,
-    );
-    reload_with(&serve, &config_file, &text, &log, "reloaded on SIGHUP");
+    add_route(&serve, &data, &log, "ws", echo);
 
     let mut conn = KeepAlive::connect(serve.port, &data.join("dev-cert.pem")).await;
     let exchange = async {
@@ -741,18 +740,7 @@ async fn bodies_stream_both_ways_over_reused_upstream_connections() {
     let log = dir.join("serve.log");
     let mut serve = Serve::start(&data, &log);
     let echo = echo_upstream(&ACCEPTED);
-    let config_file = data.join("sealgate.toml");
-    let original = std::fs::read_to_string(&config_file).unwrap();
-    let changed = original.replacen(
-        "[[proxy.routes]]",
-        &format!(
-            "[[proxy.routes]]\npath_prefix = \"/echo\"\npool = \"echo\"\n\n\
-             [[proxy.pools]]\nname = \"echo\"\nservers = [\"127.0.0.1:{echo}\"]\n\n\
-             [[proxy.routes]]"
-        ),
-        1,
-    );
-    reload_with(&serve, &config_file, &changed, &log, "reloaded on SIGHUP");
+    add_route(&serve, &data, &log, "echo", echo);
 
     // Streaming: the first piece of a chunked request body comes back through the proxy
     // before the rest of the body is sent.
