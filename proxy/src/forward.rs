@@ -2,6 +2,7 @@
 //! prepare the upstream request, then the response), to a server of its route's pool over a
 //! pooled HTTP/1.1 connection. Bodies stream both ways; nothing is buffered whole.
 
+use crate::bodies::{self, RequestBody, TiedResponse};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -185,10 +186,10 @@ pub(crate) struct Forwarder {
     pools: Vec<Arc<Pool>>,
     /// Ends the health checks when this forwarder is replaced (reload) and dropped.
     stop: CancellationToken,
-    client: HttpClient<HttpConnector, Incoming>,
+    client: HttpClient<HttpConnector, RequestBody>,
     empty_client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
     /// The same for pools spoken to in HTTP/2 (h2c, prior knowledge).
-    h2_client: HttpClient<HttpConnector, Incoming>,
+    h2_client: HttpClient<HttpConnector, RequestBody>,
     h2_empty_client: HttpClient<HttpConnector, http_body_util::Empty<Bytes>>,
 }
 
@@ -459,6 +460,7 @@ impl Forwarder {
             return local(StatusCode::BAD_GATEWAY, "the route's pool is missing");
         };
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
         self.upstream_headers(&mut parts.headers, client, host.as_deref());
         if host.is_some() && !parts.headers.contains_key(header::HOST) {
             // HTTP/2 clients send :authority; HTTP/1.1 upstreams need Host.
@@ -484,6 +486,8 @@ impl Forwarder {
         let req = Request::from_parts(parts, body);
 
         let first = pool.pick(None);
+        // A request with a body: its end is tied to the response (see `crate::bodies`).
+        let mut end = None;
         let response = if retryable(&req) {
             // No body: the request can be rebuilt for a second server.
             let (parts, _) = req.into_parts();
@@ -503,9 +507,13 @@ impl Forwarder {
             }
             result
         } else {
-            self.send(pool, first, &path, req).await
+            let (parts, body) = req.into_parts();
+            let (body, tie) = bodies::pair(body, client_version);
+            end = Some(tie);
+            self.send(pool, first, &path, Request::from_parts(parts, body))
+                .await
         };
-        match response {
+        let response = match response {
             Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let Some((_, client_side)) = upgrade else {
                     return local(
@@ -515,13 +523,11 @@ impl Forwarder {
                 };
                 let upstream_side = hyper::upgrade::on(&mut response);
                 tokio::spawn(join_upgraded(client_side, upstream_side));
-                let (parts, body) = response.into_parts();
-                Response::from_parts(parts, body.boxed())
+                response
             }
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                self.response_headers(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+            Ok(mut response) => {
+                self.response_headers(response.headers_mut());
+                response
             }
             Err(UpstreamError::Timeout) => local(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -538,6 +544,10 @@ impl Forwarder {
             Err(UpstreamError::NoServer) => {
                 local(StatusCode::SERVICE_UNAVAILABLE, "no upstream server")
             }
+        };
+        match end {
+            Some(end) => response.map(|body| TiedResponse::new(body, end).boxed()),
+            None => response,
         }
     }
 
@@ -552,15 +562,16 @@ impl Forwarder {
         pool: &Pool,
         index: usize,
         path: &str,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
         *req.uri_mut() = Self::uri(&server.address, path)?;
         let client = match pool.config.protocol {
             UpstreamProtocol::Http1 => &self.client,
             UpstreamProtocol::H2c => &self.h2_client,
         };
-        timed(pool, server, client, req).await
+        let response = timed(pool, server, client, req).await?;
+        Ok(response.map(BodyExt::boxed))
     }
 
     async fn send_empty(
@@ -569,7 +580,7 @@ impl Forwarder {
         index: usize,
         path: &str,
         parts: &mut http::request::Parts,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
         parts.uri = Self::uri(&server.address, path)?;
         let req = Request::from_parts(parts.clone(), http_body_util::Empty::new());
@@ -577,7 +588,8 @@ impl Forwarder {
             UpstreamProtocol::Http1 => &self.empty_client,
             UpstreamProtocol::H2c => &self.h2_empty_client,
         };
-        timed(pool, server, client, req).await
+        let response = timed(pool, server, client, req).await?;
+        Ok(response.map(BodyExt::boxed))
     }
 }
 

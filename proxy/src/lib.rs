@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod bodies;
 mod certs;
 pub mod demo;
 mod forward;
