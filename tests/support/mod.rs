@@ -760,19 +760,7 @@ pub mod proxy {
             cluster.create_user("cu1", "cu", CU1_PASSWORD);
             let dir = cluster.root.path().to_owned();
             let cu1 = Some(("cu1", CU1_PASSWORD));
-            let key = cluster.sg_json(
-                cu1,
-                &[
-                    "key",
-                    "generate",
-                    "ec",
-                    "--curve",
-                    "secp256r1",
-                    "--label",
-                    "web",
-                ],
-            );
-            assert_eq!(key["ok"], true, "key generate: {key}");
+            cluster.ec_pair(cu1, "web");
             let cert = dir.join("web.pem");
             let cert_arg = cert.to_str().unwrap();
             let signed = cluster.sg_json(
