@@ -826,10 +826,11 @@ async fn bodies_stream_both_ways_over_reused_upstream_connections() {
         );
     }
 
-    // An upstream that answers before reading the body (the demo upstream reads none): the
-    // client still gets the answer, whole and at once. HTTP/1.1: the proxy reads and drops the
-    // rest of the body (with and without `Expect: 100-continue`); HTTP/2: it resets the stream
-    // with NO_ERROR after the answer (nghttp; curl 7.88 hangs on that reset, a curl bug).
+    // An upstream that answers before reading the body (the demo upstream answers at once and
+    // reads the body after): the client still gets the answer, whole and at once. HTTP/1.1:
+    // the proxy reads and drops the rest of the body (with and without `Expect:
+    // 100-continue`); HTTP/2: it resets the stream with NO_ERROR after the answer (nghttp; curl
+    // 7.88 hangs on that reset, a curl bug).
     let url = format!("https://localhost:{}/upload", serve.port);
     for expect in ["Expect: 100-continue", "Expect:"] {
         let started = Instant::now();

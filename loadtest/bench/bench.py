@@ -12,6 +12,11 @@
   perf-summary DATA SERVE_PID NODE_PIDS
                             a `perf record -g` profile summed by process, by library or crate
                             (from the symbol's path) and by system call, with the top symbols
+  cpu-ticks "PID…"          user and system CPU ticks of these processes (all their threads) so far
+  syscalls TRACE_A JSON_A TRACE_B JSON_B
+                            a markdown table of the system calls, context switches and user and
+                            system CPU per request of two servers, from `perf stat -x,` counts,
+                            cpu-ticks before and after (TRACE.cpu) and the loadtest's JSON
 """
 
 import json
@@ -379,6 +384,51 @@ def perf_summary(data, serve_pid, node_pids):
             print(f"- {pct:5.1f} %  {sym}")
 
 
+def cpu_ticks(pids):
+    user = system = 0
+    for pid in pids.split():
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    print(user, system)
+
+
+def trace_calls(path):
+    """System calls by name from `perf stat -x,` counts of syscall tracepoints."""
+    calls = {}
+    for l in open(path):
+        f = l.strip().split(",")
+        if len(f) > 2 and f[2] == "task-clock":
+            continue
+        if len(f) > 2 and f[0].isdigit():
+            name = "all" if f[2] == "raw_syscalls:sys_enter" else f[2].removeprefix("syscalls:sys_enter_")
+            calls[name] = calls.get(name, 0) + int(f[0])
+    return calls
+
+
+def syscalls(trace_a, json_a, trace_b, json_b):
+    names = []
+    per = []
+    for trace, result in ((trace_a, json_a), (trace_b, json_b)):
+        names.append(os.path.basename(trace).removeprefix("trace-").removesuffix(".txt"))
+        requests = json.load(open(result))["requests"]
+        counts = trace_calls(trace)
+        before, after = (list(map(int, l.split())) for l in open(trace.removesuffix(".txt") + ".cpu"))
+        counts["user CPU µs"] = (after[0] - before[0]) / CLK_TCK * 1e6
+        counts["system CPU µs"] = (after[1] - before[1]) / CLK_TCK * 1e6
+        per.append({k: v / requests for k, v in counts.items()})
+    print(f"| per request | {names[0]} | {names[1]} |")
+    print("|---|---:|---:|")
+    keys = sorted(set(per[0]) | set(per[1]), key=lambda k: -(per[0].get(k, 0) + per[1].get(k, 0)))
+    for k in ("user CPU µs", "system CPU µs", "context-switches", "cpu-migrations"):
+        print(f"| {k} | {per[0].get(k, 0):.2f} | {per[1].get(k, 0):.2f} |")
+    for k in (k for k in keys if k not in ("all", "context-switches", "cpu-migrations")
+              and "CPU" not in k):
+        a, b = per[0].get(k, 0), per[1].get(k, 0)
+        if a >= 0.005 or b >= 0.005:
+            print(f"| {k} | {a:.2f} | {b:.2f} |")
+    print(f"| **all system calls** | **{per[0].get('all', 0):.2f}** | **{per[1].get('all', 0):.2f}** |")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -393,6 +443,10 @@ def main():
         report(sys.argv[2])
     elif cmd == "perf-summary":
         perf_summary(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "cpu-ticks":
+        cpu_ticks(sys.argv[2])
+    elif cmd == "syscalls":
+        syscalls(*sys.argv[2:6])
     else:
         sys.exit(__doc__)
 

@@ -49,6 +49,15 @@
 #   h1-keepalive); default: the other handshake driver (SEALGATE_HANDSHAKE_DRIVER=offload).
 # SEALGATE_BENCH_PERF=DIR: afterwards, one ECDSA-handshake and one HTTP/1.1 keep-alive run of
 #   sealgate under `perf record -g` (serve and the nodes); summaries written to DIR.
+# SEALGATE_BENCH_SYSCALLS=DIR: afterwards, 100,000 HTTP/1.1 keep-alive requests (-c 16) to each
+#   proxy under `perf stat` (nginx: master and workers; sealgate: serve, all its threads); the
+#   system calls each made per request, by name, written to DIR/syscalls.md.
+# SEALGATE_BENCH_CALLGRIND=DIR: afterwards, the instructions serve executes per HTTP/1.1
+#   keep-alive request (user space only; a count, unlike CPU time, that the machine's noise does
+#   not move): each binary of SEALGATE_BENCH_CALLGRIND_BINS="FILE…" (default: this build) serves
+#   under valgrind's callgrind, instrumented for 20,000 requests (-c 16) after 2,000 that are not;
+#   DIR/callgrind.md gets the instructions per request, DIR the callgrind files
+#   (callgrind_annotate). Installs valgrind if missing.
 # SEALGATE_BENCH_KEEP=DIR: copy the compare JSON files to DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,6 +65,8 @@ secs=${1:-8}
 rounds=${2:-3}
 perf_dir=${SEALGATE_BENCH_PERF:-}
 keep_dir=${SEALGATE_BENCH_KEEP:-}
+sys_dir=${SEALGATE_BENCH_SYSCALLS:-}
+cg_dir=${SEALGATE_BENCH_CALLGRIND:-}
 scenarios=" ${SEALGATE_BENCH_SCENARIOS:-ecdsa-hs rsa-hs h1-keepalive h2-keepalive tools} "
 read -r -a variant <<<"${SEALGATE_BENCH_VARIANT:-offload SEALGATE_HANDSHAKE_DRIVER=offload}"
 variant_bin=${SEALGATE_BENCH_VARIANT_BIN:-}
@@ -389,6 +400,63 @@ if [ -n "$perf_dir" ]; then
     profile ecdsa-hs "$sg_ec" "${hs[@]}"
     profile h1-keepalive "$sg_ec" keepalive -c 16
     echo "perf summaries in $perf_dir"
+fi
+
+# --- optional system-call counts ---------------------------------------------------------------
+if [ -n "$sys_dir" ]; then
+    mkdir -p "$sys_dir"
+    calls=task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter
+    for c in read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait \
+        epoll_ctl futex sched_yield getsockopt setsockopt accept4 connect close ioctl; do
+        calls+=",syscalls:sys_enter_$c"
+    done
+    trace() { # NAME PIDS PORT: counts system calls while 100,000 requests run
+        timeout 300 perf stat -x, -e "$calls" -p "$2" -o "$dir/trace-$1.txt" &
+        local trace_pid=$!
+        sleep 1
+        $helper cpu-ticks "${2//,/ }" >"$dir/trace-$1.cpu"
+        timeout 240 "$lt" keepalive -c 16 -n 100000 "https://127.0.0.1:$3/" --cacert "$dir/ec.pem" \
+            --json "$dir/trace-$1.json" >/dev/null
+        $helper cpu-ticks "${2//,/ }" >>"$dir/trace-$1.cpu"
+        kill -INT "$trace_pid"; wait "$trace_pid" 2>/dev/null || true
+    }
+    # shellcheck disable=SC2046
+    trace nginx "$(echo "$ng_master" $(cat "/proc/$ng_master/task/$ng_master/children") | tr ' ' ,)" "$ng_ec"
+    trace sealgate "$serve_pid" "$sg_ec"
+    $helper syscalls "$dir/trace-nginx.txt" "$dir/trace-nginx.json" "$dir/trace-sealgate.txt" \
+        "$dir/trace-sealgate.json" >"$sys_dir/syscalls.md"
+    echo "system calls per request in $sys_dir/syscalls.md"
+fi
+
+# --- optional instruction counts (callgrind) ---------------------------------------------------
+if [ -n "$cg_dir" ]; then
+    command -v valgrind >/dev/null || { apt-get update && apt-get install -y valgrind; }
+    mkdir -p "$cg_dir"
+    sg_config "$sg_var" >"$dir/callgrind.toml"
+    echo "| serve binary | instructions per request (user space) |" >"$cg_dir/callgrind.md"
+    echo "|---|---:|" >>"$cg_dir/callgrind.md"
+    n=20000
+    for bin in ${SEALGATE_BENCH_CALLGRIND_BINS:-$sg}; do
+        name=$(basename "$bin")
+        # valgrind itself is the process (no timeout or env in between): callgrind_control
+        # switches its instrumentation on and off by this PID.
+        SEALGATE_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$cg_dir/callgrind-$name.out" "$bin" serve --config "$dir/callgrind.toml" \
+            >"$dir/callgrind-$name.log" 2>&1 &
+        vg=$!
+        pids+=("$vg")
+        for _ in $(seq 1200); do grep -q "listening on" "$dir/callgrind-$name.log" && break; sleep 0.1; done
+        grep -q "listening on" "$dir/callgrind-$name.log" || { cat "$dir/callgrind-$name.log" >&2; exit 1; }
+        timeout 600 "$lt" keepalive -c 16 -n 2000 "https://127.0.0.1:$sg_var/" --cacert "$dir/ec.pem" >/dev/null
+        callgrind_control -i on "$vg" >/dev/null
+        timeout 600 "$lt" keepalive -c 16 -n "$n" "https://127.0.0.1:$sg_var/" --cacert "$dir/ec.pem" \
+            --max-error-rate 0 >/dev/null
+        callgrind_control -i off "$vg" >/dev/null
+        stop "$vg"; wait "$vg" 2>/dev/null || true
+        ir=$(sed -n 's/^totals: //p' "$cg_dir/callgrind-$name.out")
+        echo "| $bin | $((ir / n)) |" >>"$cg_dir/callgrind.md"
+    done
+    echo "instructions per request in $cg_dir/callgrind.md"
 fi
 
 [ -n "$keep_dir" ] && { mkdir -p "$keep_dir"; cp "$out"/* "$keep_dir/"; }

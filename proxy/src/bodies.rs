@@ -1,7 +1,7 @@
 //! A request body on its way to the upstream, tied to the response coming back.
 //!
 //! An upstream server may answer before it has read the whole request body (a 413 or a 401 to
-//! an upload, or the demo upstream, which never reads bodies). Left alone, the client would
+//! an upload, or the demo upstream, which answers at once). Left alone, the client would
 //! go on sending into a request nobody reads: the upload stalls until a timeout (HTTP/2), or
 //! the connection is reset under the client, which may then never read the answer (HTTP/1.1).
 //! So, as nginx does, once the response to the client has ended (or was dropped), the upload

@@ -4,14 +4,26 @@
 
 use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Longest time spent reading a request body nobody needs.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
+
+/// Reads a request body to its end (within [`DRAIN_FOR`]) and throws it away.
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
 
 fn page(req: &Request<Incoming>) -> String {
     let header = |name: &str| {
@@ -54,6 +66,11 @@ pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<Incoming>| async move {
                     let body = page(&req);
+                    // The answer goes at once; the body (the page needs none of it) is read
+                    // and dropped on a task of its own, as a server that lingers does. A
+                    // connection closed with a body unread would be reset, and an answer still
+                    // on its way to the proxy lost with it.
+                    tokio::spawn(drain(req.into_body()));
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,

@@ -5,6 +5,7 @@
 use crate::bodies::{self, RequestBody, TiedResponse};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -25,10 +26,20 @@ use tokio_util::sync::CancellationToken;
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// What the proxy knows of the client's connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
     /// The client's address.
     pub(crate) addr: SocketAddr,
+    /// Its IP address as text, as `X-Forwarded-For` gives it (made once per connection).
+    ip: HeaderValue,
+}
+
+impl ClientInfo {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
 }
 
 /// The steps every request goes through (pingora's phase trait, reduced to what sealgate
@@ -38,7 +49,7 @@ pub(crate) trait Phases {
     fn route(&self, host: Option<&str>, path: &str) -> Option<&RouteConfig>;
     /// Turns the client's headers into the upstream's: hop-by-hop headers out, forwarding
     /// headers in.
-    fn upstream_headers(&self, headers: &mut HeaderMap, client: ClientInfo, host: Option<&str>);
+    fn upstream_headers(&self, headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>);
     /// Turns the upstream's response headers into the client's.
     fn response_headers(&self, headers: &mut HeaderMap);
 }
@@ -52,6 +63,8 @@ const EJECT_FOR: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Server {
     address: String,
+    /// `address` as a URI's authority (parsed once; None if it is not one).
+    authority: Option<Authority>,
     in_flight: AtomicUsize,
     /// The last active health check's verdict (true without health checks).
     healthy: AtomicBool,
@@ -62,6 +75,17 @@ struct Server {
 }
 
 impl Server {
+    fn new(address: String) -> Self {
+        Self {
+            authority: address.parse().ok(),
+            address,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
     fn usable(&self, now: Instant) -> bool {
         self.healthy.load(Ordering::Relaxed)
             && self
@@ -207,34 +231,101 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. Names made once, not parsed from
+/// text on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+    // One pass over the names present (a handful) instead of a lookup per hop-by-hop name; the
+    // names the Connection header lists are hop-by-hop too.
+    let listed: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
         .collect();
-    for name in named {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+}
+
+/// `earlier, this` when the request already has the header (an earlier proxy's), else `this`.
+fn append_to(headers: &HeaderMap, name: &HeaderName, this: &str) -> Option<HeaderValue> {
+    match headers.get(name).map(HeaderValue::to_str) {
+        Some(Ok(earlier)) => HeaderValue::try_from(format!("{earlier}, {this}")).ok(),
+        // An earlier value that is not text is replaced.
+        Some(Err(_)) | None => HeaderValue::from_str(this).ok(),
     }
-    headers.remove(header::UPGRADE);
+}
+
+/// `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` (RFC 7239), each appended to an earlier
+/// proxy's value if the request has one.
+fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
+    headers.reserve(4);
+    let ip = client.ip.to_str().unwrap_or("unknown");
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        append_to(headers, &X_FORWARDED_FOR, ip)
+    } else {
+        Some(client.ip.clone())
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    // RFC 7239: `for=` with an IPv6 address is quoted and bracketed.
+    let mut forwarded = String::with_capacity(40 + host.map_or(0, str::len));
+    if client.addr.is_ipv6() {
+        forwarded.push_str("for=\"[");
+        forwarded.push_str(ip);
+        forwarded.push_str("]\"");
+    } else {
+        forwarded.push_str("for=");
+        forwarded.push_str(ip);
+    }
+    forwarded.push_str(";proto=https");
+    if let Some(host) = host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        // Only a name or address goes into the quoted string (no quote or backslash can).
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
+    } else {
+        // The client's own claim is not passed on as if the proxy had made it.
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    if let Some(v) = append_to(headers, &header::FORWARDED, &forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
 }
 
 impl Phases for Forwarder {
@@ -244,36 +335,9 @@ impl Phases for Forwarder {
         })
     }
 
-    fn upstream_headers(&self, headers: &mut HeaderMap, client: ClientInfo, host: Option<&str>) {
+    fn upstream_headers(&self, headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
         remove_hop_by_hop(headers);
-        let ip = client.addr.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let for_ = if client.addr.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip
-        };
-        let mut forwarded = format!("for={for_};proto=https");
-        if let Some(host) = host {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert("x-forwarded-host", v);
-            }
-            forwarded.push_str(&format!(";host=\"{host}\""));
-        }
-        let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {forwarded}"),
-            None => forwarded,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            headers.insert(header::FORWARDED, v);
-        }
+        add_forwarding_headers(headers, client, host);
     }
 
     fn response_headers(&self, headers: &mut HeaderMap) {
@@ -303,22 +367,22 @@ pub(crate) fn local(status: StatusCode, text: &str) -> Response<ProxyBody> {
 /// The request's host, lowercase, without port: from the URI (HTTP/2's :authority) or the
 /// Host header.
 pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.uri().host().map(str::to_owned).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(|h| {
-                if h.starts_with('[') {
-                    h.split_once(']')
-                        .map_or(h, |(a, _)| a)
-                        .trim_start_matches('[')
-                        .to_owned()
-                } else {
-                    h.rsplit_once(':').map_or(h, |(a, _)| a).to_owned()
-                }
-            })
-    })?;
-    Some(raw.to_ascii_lowercase())
+    let raw = match req.uri().host() {
+        Some(host) => host,
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            if h.starts_with('[') {
+                h.split_once(']')
+                    .map_or(h, |(a, _)| a)
+                    .trim_start_matches('[')
+            } else {
+                h.rsplit_once(':').map_or(h, |(a, _)| a)
+            }
+        }
+    };
+    let mut host = raw.to_owned();
+    host.make_ascii_lowercase();
+    Some(host)
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and `Upgrade`).
@@ -370,17 +434,7 @@ impl Forwarder {
             .iter()
             .map(|p| {
                 Arc::new(Pool {
-                    servers: p
-                        .servers
-                        .iter()
-                        .map(|s| Server {
-                            address: s.clone(),
-                            in_flight: AtomicUsize::new(0),
-                            healthy: AtomicBool::new(true),
-                            failures: AtomicU32::new(0),
-                            ejected_until: Mutex::new(None),
-                        })
-                        .collect(),
+                    servers: p.servers.iter().map(|s| Server::new(s.clone())).collect(),
                     config: p.clone(),
                     label: Arc::from(p.name.as_str()),
                     next: AtomicUsize::new(0),
@@ -446,7 +500,7 @@ impl Forwarder {
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        client: ClientInfo,
+        client: &ClientInfo,
     ) -> Response<ProxyBody> {
         let host = request_host(&req);
         // An HTTP/1.1 Upgrade (WebSocket, say): the Upgrade header survives, and once the
@@ -481,31 +535,26 @@ impl Forwarder {
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let req = Request::from_parts(parts, body);
 
         let first = pool.pick(None);
         // A request with a body: its end is tied to the response (see `crate::bodies`).
         let mut end = None;
         let response = if retryable(&req) {
-            // No body: the request can be rebuilt for a second server.
+            // No body: the request can be sent again to a second server, if the pool has one
+            // (only then is a copy kept).
             let (parts, _) = req.into_parts();
-            let mut tried = None;
-            let mut result = Err(UpstreamError::NoServer);
-            for _ in 0..2.min(pool.servers.len()).max(1) {
-                let index = match tried {
-                    None => first,
-                    Some(t) => pool.pick(Some(t)),
-                };
-                let mut p = parts.clone();
-                result = self.send_empty(pool, index, &path, &mut p).await;
-                match &result {
-                    Err(UpstreamError::Connect(_)) if tried.is_none() => tried = Some(index),
-                    _ => break,
+            let spare = (pool.servers.len() > 1).then(|| parts.clone());
+            let result = self.send_empty(pool, first, &path, parts).await;
+            match (result, spare) {
+                (Err(UpstreamError::Connect(_)), Some(parts)) => {
+                    let second = pool.pick(Some(first));
+                    self.send_empty(pool, second, &path, parts).await
                 }
+                (result, _) => result,
             }
-            result
         } else {
             let (parts, body) = req.into_parts();
             let (body, tie) = bodies::pair(body, client_version);
@@ -551,21 +600,27 @@ impl Forwarder {
         }
     }
 
-    fn uri(server: &str, path: &str) -> Result<Uri, UpstreamError> {
-        format!("http://{server}{path}")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| UpstreamError::Other(e.to_string()))
+    /// `http://SERVER/PATH`, from the server's authority parsed once.
+    fn uri(server: &Server, path: &PathAndQuery) -> Result<Uri, UpstreamError> {
+        let authority = server.authority.clone().ok_or_else(|| {
+            UpstreamError::Other(format!("{:?} is not host:port", server.address))
+        })?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path.clone());
+        Uri::from_parts(uri).map_err(|e| UpstreamError::Other(e.to_string()))
     }
 
     async fn send(
         &self,
         pool: &Pool,
         index: usize,
-        path: &str,
+        path: &PathAndQuery,
         mut req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
-        *req.uri_mut() = Self::uri(&server.address, path)?;
+        *req.uri_mut() = Self::uri(server, path)?;
         let client = match pool.config.protocol {
             UpstreamProtocol::Http1 => &self.client,
             UpstreamProtocol::H2c => &self.h2_client,
@@ -578,12 +633,12 @@ impl Forwarder {
         &self,
         pool: &Pool,
         index: usize,
-        path: &str,
-        parts: &mut http::request::Parts,
+        path: &PathAndQuery,
+        mut parts: http::request::Parts,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let server = pool.servers.get(index).ok_or(UpstreamError::NoServer)?;
-        parts.uri = Self::uri(&server.address, path)?;
-        let req = Request::from_parts(parts.clone(), http_body_util::Empty::new());
+        parts.uri = Self::uri(server, path)?;
+        let req = Request::from_parts(parts, http_body_util::Empty::new());
         let client = match pool.config.protocol {
             UpstreamProtocol::Http1 => &self.empty_client,
             UpstreamProtocol::H2c => &self.h2_empty_client,
@@ -693,6 +748,43 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    #[test]
+    fn forwarding_headers_name_the_client_and_append_to_an_earlier_proxys() {
+        let v4 = ClientInfo::new("192.0.2.7:5000".parse().unwrap());
+        let mut h = HeaderMap::new();
+        add_forwarding_headers(&mut h, &v4, Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=https;host=\"example.com\""
+        );
+
+        let v6 = ClientInfo::new("[2001:db8::1]:443".parse().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
+        add_forwarding_headers(&mut h, &v6, None);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1, for=\"[2001:db8::1]\";proto=https"
+        );
+        assert!(!h.contains_key("x-forwarded-host"));
+        // A host that would break out of Forwarded's quoted string is left out of it.
+        let mut h = HeaderMap::new();
+        add_forwarding_headers(&mut h, &v4, Some("a\";for=evil"));
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=https");
+        // Not text: replaced, not appended to.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        add_forwarding_headers(&mut h, &v4, None);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
     fn pool(balancing: Balancing, n: usize) -> Pool {
         Pool {
             config: PoolConfig {
@@ -706,13 +798,7 @@ mod tests {
             },
             label: Arc::from("p"),
             servers: (0..n)
-                .map(|i| Server {
-                    address: format!("127.0.0.1:{}", 9000 + i),
-                    in_flight: AtomicUsize::new(0),
-                    healthy: AtomicBool::new(true),
-                    failures: AtomicU32::new(0),
-                    ejected_until: Mutex::new(None),
-                })
+                .map(|i| Server::new(format!("127.0.0.1:{}", 9000 + i)))
                 .collect(),
             next: AtomicUsize::new(0),
         }
