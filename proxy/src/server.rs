@@ -403,7 +403,9 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
             let f = forwarder.read().map(|f| Arc::clone(&f)).ok();
             let busy = activity.begin();
             let info = info.clone();
-            async move {
+            // Boxed: hyper moves the future it is given (HTTP/2 spawns a task with it), and a
+            // request's future is a few kilobytes; a box is moved as a pointer.
+            Box::pin(async move {
                 let _busy = busy;
                 // hyper enforces the count for HTTP/1.1; HTTP/2 has no such setting.
                 let response = if req.headers().len() > max_headers {
@@ -428,7 +430,7 @@ async fn connection(l: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
                 let (parts, body) = response.into_parts();
                 let body = LoggedBody::new(body, access).boxed();
                 Ok(http::Response::from_parts(parts, body))
-            }
+            })
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
